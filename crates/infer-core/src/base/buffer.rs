@@ -1,0 +1,57 @@
+//! Host storage: owned typed vectors, or a read-only window of a memory-mapped weights file.
+//! Weights stay in the file's dtype (bf16 stays bf16): nothing is widened or copied at load.
+
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+
+use crate::tensor::DType;
+
+/// The bytes behind a tensor.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+    /// `len` bytes at `start` in a mapped file (shared by every tensor of that file).
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Storage {
+    pub fn zeros(dtype: DType, n: usize) -> Self {
+        match dtype {
+            DType::F32 => Storage::F32(vec![0.0; n]),
+            DType::BF16 => Storage::BF16(vec![bf16::ZERO; n]),
+            DType::F16 => Storage::F16(vec![f16::ZERO; n]),
+        }
+    }
+
+    /// Capacity in bytes.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Storage::F32(v) => v.len() * 4,
+            Storage::BF16(v) => v.len() * 2,
+            Storage::F16(v) => v.len() * 2,
+            Storage::Mapped { len, .. } => *len,
+        }
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Storage::Mapped { .. })
+    }
+
+    /// The raw bytes (for mapped storage, the file window).
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::F32(v) => bytemuck::cast_slice(v),
+            Storage::BF16(v) => bytemuck::cast_slice(v),
+            Storage::F16(v) => bytemuck::cast_slice(v),
+            Storage::Mapped { map, start, len } => &map[*start..*start + *len],
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Llama 3: weights (Hugging Face names end to end), the forward pass, and the seed's API.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::chat::ChatTemplate;
+use super::config::LlamaConfig;
+use super::kv_cache::KvCache;
+use super::safetensors::WeightStore;
+use super::sampler::{SamplerConfig, from_generation_config};
+use super::tokenizer::{HfTokenizer, Tokenizer};
+use super::{Model, workspace::Workspace};
+use crate::base::{DeviceType, Error, Result};
+use crate::op::{add::add_inplace, attention::attention, embedding::embedding, matmul::matmul};
+use crate::op::{rms_norm::rms_norm, rope::RopeTable, rope::rope, swiglu::swiglu};
+use crate::tensor::{DType, Tensor};
+
+/// Default KV-cache length when the user does not choose one.
+pub const DEFAULT_CONTEXT: usize = 4096;
+/// Longest chunk of prompt processed by one batched forward pass.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: DeviceType,
+    /// KV-cache length; `None` = min(max_position_embeddings, 4096).
+    pub context_length: Option<usize>,
+    /// Show a progress bar while reading weights (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { device: DeviceType::Cpu, context_length: None, progress: true }
+    }
+}
+
+/// One decoder layer's weights.
+#[derive(Debug)]
+pub struct LayerWeights {
+    pub input_layernorm: Tensor,          // [hidden]
+    pub q_proj: Tensor,                   // [n_heads * head_dim, hidden]
+    pub k_proj: Tensor,                   // [n_kv_heads * head_dim, hidden]
+    pub v_proj: Tensor,                   // [n_kv_heads * head_dim, hidden]
+    pub o_proj: Tensor,                   // [hidden, n_heads * head_dim]
+    pub post_attention_layernorm: Tensor, // [hidden]
+    pub gate_proj: Tensor,                // [intermediate, hidden]
+    pub up_proj: Tensor,                  // [intermediate, hidden]
+    pub down_proj: Tensor,                // [hidden, intermediate]
+}
+
+#[derive(Debug)]
+pub struct Weights {
+    pub embed_tokens: Tensor, // [vocab, hidden]
+    pub layers: Vec<LayerWeights>,
+    pub norm: Tensor, // [hidden]
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Tensor>, // [vocab, hidden]
+}
+
+impl Weights {
+    fn load(store: &WeightStore, c: &LlamaConfig) -> Result<Self> {
+        let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| {
+                let get = |name: &str, shape: &[usize]| store.get(&format!("model.layers.{l}.{name}.weight"), shape);
+                Ok(LayerWeights {
+                    input_layernorm: get("input_layernorm", &[h])?,
+                    q_proj: get("self_attn.q_proj", &[q, h])?,
+                    k_proj: get("self_attn.k_proj", &[kv, h])?,
+                    v_proj: get("self_attn.v_proj", &[kv, h])?,
+                    o_proj: get("self_attn.o_proj", &[h, q])?,
+                    post_attention_layernorm: get("post_attention_layernorm", &[h])?,
+                    gate_proj: get("mlp.gate_proj", &[i, h])?,
+                    up_proj: get("mlp.up_proj", &[i, h])?,
+                    down_proj: get("mlp.down_proj", &[h, i])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = match (c.tie_word_embeddings, store.contains("lm_head.weight")) {
+            (true, _) => None,
+            (false, _) => Some(store.get("lm_head.weight", &[c.vocab_size, h])?),
+        };
+        Ok(Weights {
+            embed_tokens: store.get("model.embed_tokens.weight", &[c.vocab_size, h])?,
+            layers,
+            norm: store.get("model.norm.weight", &[h])?,
+            lm_head,
+        })
+    }
+}
+
+/// A loaded Llama 3 model with its tokenizer, chat template, KV cache and workspace.
+pub struct Llama3 {
+    pub(crate) config: LlamaConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) device: DeviceType,
+    pub(crate) weights: Weights,
+    _store: WeightStore,
+    pub(crate) tokenizer: HfTokenizer,
+    pub(crate) chat_template: Option<ChatTemplate>,
+    pub(crate) generation_defaults: SamplerConfig,
+    pub(crate) eos_ids: Vec<u32>,
+    pub(crate) cache: KvCache,
+    rope: RopeTable,
+    ws: Workspace,
+    /// Token ids whose K/V are in the cache, in order (enables prefix reuse across calls).
+    pub(crate) cached_ids: Vec<u32>,
+    pub(crate) load_ms: f64,
+}
+
+impl std::fmt::Debug for Llama3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama3")
+            .field("dir", &self.dir)
+            .field("device", &self.device)
+            .field("config", &self.config)
+            .field("context_length", &self.cache.context())
+            .field("cached_tokens", &self.cached_ids.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_device(device: DeviceType) -> Result<()> {
+    match device {
+        DeviceType::Cpu => Ok(()),
+        DeviceType::Cuda(_) => Err(Error::DeviceUnavailable {
+            device: device.to_string(),
+            msg: if cfg!(feature = "cuda") {
+                "the CUDA model runner is not available in this build yet".into()
+            } else {
+                "this build has no CUDA support (rebuild with `--features cuda`)".into()
+            },
+        }),
+    }
+}
+
+impl Llama3 {
+    /// The seed's constructor: loads a Hugging Face model directory. `quantized` asks for
+    /// quantized weights, which need a GGUF file; a safetensors directory gives an error.
+    pub fn new(path: impl AsRef<Path>, device: DeviceType, quantized: bool) -> Result<Self> {
+        if quantized {
+            return Err(Error::InvalidArgument(format!(
+                "quantized loading needs a GGUF model file; {} is a safetensors model (load it with quantized = false)",
+                path.as_ref().display()
+            )));
+        }
+        Self::load(path, LoadOptions { device, ..LoadOptions::default() })
+    }
+
+    /// Loads a Hugging Face model directory (config.json, safetensors, tokenizer files).
+    pub fn load(path: impl AsRef<Path>, opts: LoadOptions) -> Result<Self> {
+        let t0 = Instant::now();
+        let dir = path.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(Error::ModelNotFound(dir));
+        }
+        check_device(opts.device)?;
+        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let context = match opts.context_length {
+            None => config.max_position_embeddings.min(DEFAULT_CONTEXT),
+            Some(0) => return Err(Error::InvalidArgument("context length must be at least 1".into())),
+            Some(n) if n > config.max_position_embeddings => {
+                return Err(Error::InvalidArgument(format!(
+                    "context length {n} exceeds the model's max_position_embeddings {}",
+                    config.max_position_embeddings
+                )));
+            }
+            Some(n) => n,
+        };
+        let store = WeightStore::open(&dir)?;
+        let weights = Weights::load(&store, &config)?;
+        let tokenizer = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let chat_template = ChatTemplate::from_model_dir(&dir)?;
+        let generation_defaults = from_generation_config(&dir.join("generation_config.json"))?.unwrap_or_default();
+        let mut eos_ids = config.eos_token_ids.clone();
+        eos_ids.extend(generation_eos_ids(&dir.join("generation_config.json"))?);
+        for special in ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"] {
+            eos_ids.extend(tokenizer.token_to_id(special));
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        let bar = progress_bar(opts.progress, store.file_bytes());
+        store.prefault(|n| bar.inc(n));
+        bar.finish_and_clear();
+        let rope = RopeTable::new(&config, context);
+        let cache = KvCache::new(config.num_hidden_layers, config.num_key_value_heads, config.head_dim, context);
+        let ws = Workspace::new(&config);
+        Ok(Llama3 {
+            dir,
+            device: opts.device,
+            weights,
+            _store: store,
+            tokenizer,
+            chat_template,
+            generation_defaults,
+            eos_ids,
+            cache,
+            rope,
+            ws,
+            cached_ids: Vec::new(),
+            load_ms: t0.elapsed().as_secs_f64() * 1e3,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn model_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn device(&self) -> DeviceType {
+        self.device
+    }
+
+    pub fn hf_tokenizer(&self) -> &HfTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// Sampling defaults from `generation_config.json` (greedy when absent).
+    pub fn generation_defaults(&self) -> &SamplerConfig {
+        &self.generation_defaults
+    }
+
+    /// Every id that ends generation (config, generation_config and the Llama 3 specials).
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// KV-cache length in tokens.
+    pub fn context_length(&self) -> usize {
+        self.cache.context()
+    }
+
+    /// Milliseconds spent in [`Llama3::load`].
+    pub fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    /// Forgets the cached tokens.
+    pub fn reset(&mut self) {
+        self.cached_ids.clear();
+    }
+
+    /// Runs `ids` at positions `pos0..` (the cache must hold exactly `pos0` tokens' K/V) and
+    /// returns logits `[rows, vocab]`: every position when `all_logits`, else only the last.
+    pub fn forward_tokens(&mut self, ids: &[u32], pos0: usize, all_logits: bool) -> Result<&Tensor> {
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument("forward needs at least one token".into()));
+        }
+        if pos0 + ids.len() > self.cache.context() {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: pos0 + ids.len(),
+                max_new_tokens: 0,
+                context_length: self.cache.context(),
+            });
+        }
+        let rows_out = if all_logits { ids.len() } else { 1 };
+        self.ws.logits = Tensor::zeros(&[rows_out, self.config.vocab_size], DType::F32);
+        for (c, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
+            let start = c * PREFILL_CHUNK;
+            self.forward_chunk(chunk, pos0 + start)?;
+            let last_chunk = start + chunk.len() == ids.len();
+            if all_logits {
+                self.lm_head(start, chunk.len())?;
+            } else if last_chunk {
+                self.lm_head(0, 1)?;
+            }
+        }
+        self.cached_ids.truncate(pos0);
+        self.cached_ids.extend_from_slice(ids);
+        Ok(&self.ws.logits)
+    }
+
+    /// One batched pass of `ids` (at most [`PREFILL_CHUNK`]) through every layer; leaves the
+    /// final hidden states in the workspace.
+    fn forward_chunk(&mut self, ids: &[u32], pos0: usize) -> Result<()> {
+        let c = &self.config;
+        let eps = c.rms_norm_eps as f32;
+        let ws = &mut self.ws;
+        ws.resize(ids.len())?;
+        embedding(ids, &self.weights.embed_tokens, &mut ws.x)?; // [seq, hidden]
+        for (l, w) in self.weights.layers.iter().enumerate() {
+            rms_norm(&ws.x, &w.input_layernorm, eps, &mut ws.h)?; // [seq, hidden]
+            matmul(&ws.h, &w.q_proj, &mut ws.q)?; // [seq, n_heads * head_dim]
+            matmul(&ws.h, &w.k_proj, &mut ws.k)?; // [seq, n_kv_heads * head_dim]
+            matmul(&ws.h, &w.v_proj, &mut ws.v)?; // [seq, n_kv_heads * head_dim]
+            rope(&mut ws.q, pos0, &self.rope)?;
+            rope(&mut ws.k, pos0, &self.rope)?;
+            self.cache.write(l, pos0, &ws.k, &ws.v)?;
+            let (kc, vc) = self.cache.layer(l)?; // [n_kv_heads, ctx, head_dim]
+            attention(&ws.q, kc, vc, pos0, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
+            matmul(&ws.att, &w.o_proj, &mut ws.h)?; // [seq, hidden]
+            add_inplace(&mut ws.x, &ws.h)?;
+            rms_norm(&ws.x, &w.post_attention_layernorm, eps, &mut ws.h)?;
+            matmul(&ws.h, &w.gate_proj, &mut ws.gate)?; // [seq, intermediate]
+            matmul(&ws.h, &w.up_proj, &mut ws.up)?; // [seq, intermediate]
+            swiglu(&ws.gate, &ws.up, &mut ws.act)?;
+            matmul(&ws.act, &w.down_proj, &mut ws.h)?; // [seq, hidden]
+            add_inplace(&mut ws.x, &ws.h)?;
+        }
+        Ok(())
+    }
+
+    /// Final norm + LM head for hidden rows `x[last rows_n of the chunk]`, written to logits
+    /// rows `out_row..out_row + rows_n` (`rows_n == 1` takes the chunk's last row).
+    fn lm_head(&mut self, out_row: usize, rows_n: usize) -> Result<()> {
+        let ws = &mut self.ws;
+        let (seq, hidden) = ws.x.dims2("lm_head")?;
+        let vocab = self.config.vocab_size;
+        let x = ws.x.as_f32()?;
+        let rows = Tensor::from_f32(&[rows_n, hidden], x[(seq - rows_n) * hidden..].to_vec())?;
+        let mut normed = Tensor::zeros(&[rows_n, hidden], DType::F32);
+        rms_norm(&rows, &self.weights.norm, self.config.rms_norm_eps as f32, &mut normed)?;
+        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
+        let mut out = Tensor::zeros(&[rows_n, vocab], DType::F32);
+        matmul(&normed, head, &mut out)?; // [rows, vocab]
+        ws.logits.as_f32_mut()?[out_row * vocab..(out_row + rows_n) * vocab].copy_from_slice(out.as_f32()?);
+        Ok(())
+    }
+}
+
+/// Extra EOS ids from `generation_config.json` (absent file = none).
+fn generation_eos_ids(path: &Path) -> Result<Vec<u32>> {
+    if !path.is_file() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Config { path: path.to_path_buf(), msg: format!("not valid JSON: {e}") })?;
+    Ok(match v.get("eos_token_id") {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        None => vec![],
+    })
+}
+
+fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("loading weights {bar:40} {bytes}/{total_bytes} {bytes_per_sec}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+impl Model for Llama3 {
+    fn init(&mut self, device_type: DeviceType) -> Result<()> {
+        check_device(device_type)?;
+        self.device = device_type;
+        self.reset();
+        Ok(())
+    }
+
+    /// `input`: token ids `[seq]` as integral f32 values; `pos`: their positions `[seq]`
+    /// (consecutive, starting where the cache ends or earlier). Returns the last logits `[vocab]`.
+    fn forward(&mut self, input: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        let to_ids = |t: &Tensor, what: &str| -> Result<Vec<u32>> {
+            t.as_f32()?
+                .iter()
+                .map(|&x| {
+                    (x >= 0.0 && x.fract() == 0.0 && x < 16_777_216.0).then_some(x as u32).ok_or_else(|| {
+                        Error::InvalidArgument(format!("{what} must hold non-negative integers, got {x}"))
+                    })
+                })
+                .collect()
+        };
+        let ids = to_ids(input, "input ids")?;
+        let pos = to_ids(pos, "positions")?;
+        let pos0 = *pos.first().ok_or_else(|| Error::InvalidArgument("empty positions".into()))? as usize;
+        if pos.len() != ids.len() || pos.iter().enumerate().any(|(i, &p)| p as usize != pos0 + i) {
+            return Err(Error::InvalidArgument("positions must be consecutive and as many as the ids".into()));
+        }
+        if pos0 > self.cached_ids.len() {
+            return Err(Error::InvalidArgument(format!(
+                "position {pos0} skips past the {} cached tokens",
+                self.cached_ids.len()
+            )));
+        }
+        let vocab = self.config.vocab_size;
+        let logits = self.forward_tokens(&ids, pos0, false)?;
+        Tensor::from_f32(&[vocab], logits.as_f32()?.to_vec())
+    }
+
+    fn tokenizer(&self) -> &dyn Tokenizer {
+        &self.tokenizer
+    }
+
+    fn is_eos_token(&self, token_id: u32) -> bool {
+        self.eos_ids.contains(&token_id)
+    }
+
+    fn slice_kv_cache(&self, layer_idx: usize, start_pos: usize, end_pos: usize) -> Result<(Tensor, Tensor)> {
+        self.cache.slice(layer_idx, start_pos, end_pos)
+    }
+}

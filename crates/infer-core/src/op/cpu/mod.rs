@@ -1,0 +1,113 @@
+//! CPU kernels: the matmul that dominates inference ([`matmul_nt`]) and the vector helpers
+//! attention uses ([`dot_f32`], [`axpy_f32`]).
+//!
+//! Kernel families are picked at runtime ([`simd`]): AVX-512 (F/BW/VL + FMA), AVX2 (+ FMA,
+//! F16C), or portable Rust; non-x86 targets compile the portable path only. All `unsafe`
+//! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_bf16.rs`, `avx2.rs` and `vec.rs`;
+//! the drivers in `gemm.rs` are safe code over bounds-checked slices.
+
+mod gemm;
+mod kernel;
+pub mod simd;
+mod vec;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
+
+pub use simd::{Isa, fast_bf16, isa, set_fast_bf16};
+pub use vec::{axpy_f32, dot_f32};
+
+use crate::base::{Error, Result};
+use crate::tensor::TensorData;
+use kernel::{Kernel, Scalar, Weight};
+
+/// Row counts up to this use the decode kernel (weights widened in registers, no panel).
+const GEMV_MAX_ROWS: usize = 4;
+
+/// `out[i, j] = Σ_l x[i, l] · w[j, l]`: `x` is `[m, k]` f32, `w` is `[n, k]` (f32, bf16 or f16,
+/// read in place, never widened as a whole), `out` is `[m, n]` f32; all row-major.
+///
+/// Runs on the active kernel family ([`isa`]) with rayon over blocks of `n`. Errors (naming
+/// the sizes) when a slice length does not match its shape.
+pub fn matmul_nt(x: &[f32], w: TensorData<'_>, out: &mut [f32], m: usize, n: usize, k: usize) -> Result<()> {
+    check_len("x", x.len(), m, k)?;
+    check_len("w", w.len(), n, k)?;
+    check_len("out", out.len(), m, n)?;
+    matmul_with(simd::active(), fast_bf16(), x, w, out, m, n, k);
+    Ok(())
+}
+
+fn check_len(what: &str, len: usize, rows: usize, cols: usize) -> Result<()> {
+    if rows.checked_mul(cols) != Some(len) {
+        return Err(Error::op("matmul", format!("{what} has {len} elements, expected [{rows}, {cols}]")));
+    }
+    Ok(())
+}
+
+/// [`matmul_nt`] on a given kernel family (capped to what the CPU supports), with the fast
+/// bf16 path on or off. Lengths must already be checked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_with(
+    isa: Isa,
+    fast: bool,
+    x: &[f32],
+    w: TensorData<'_>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    match w {
+        TensorData::F32(w) => dispatch(isa, x, w, out, m, n, k),
+        TensorData::F16(w) => dispatch(isa, x, w, out, m, n, k),
+        TensorData::BF16(w) => {
+            #[cfg(target_arch = "x86_64")]
+            if fast
+                && isa >= Isa::Avx512
+                && m > GEMV_MAX_ROWS
+                && let Some(cpu) = avx512::Avx512Bf16::new()
+            {
+                return gemm::gemm_bf16dot(cpu, x, w, out, m, n, k);
+            }
+            let _ = fast;
+            dispatch(isa, x, w, out, m, n, k)
+        }
+    }
+}
+
+fn dispatch<W: Weight>(isa: Isa, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx512
+            && let Some(cpu) = avx512::Avx512::new()
+        {
+            return run(cpu, x, w, out, m, n, k);
+        }
+        if isa >= Isa::Avx2
+            && let Some(cpu) = avx2::Avx2::new()
+        {
+            return run(cpu, x, w, out, m, n, k);
+        }
+    }
+    let _ = isa;
+    run(Scalar, x, w, out, m, n, k)
+}
+
+fn run<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
+    if m <= GEMV_MAX_ROWS.min(K::RMAX) {
+        gemm::gemv(kern, x, w, out, m, n, k)
+    } else {
+        gemm::gemm(kern, x, w, out, m, n, k)
+    }
+}

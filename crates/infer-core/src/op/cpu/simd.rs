@@ -1,0 +1,156 @@
+//! Runtime CPU feature detection for the kernels, cached once per process.
+//!
+//! The best instruction set the CPU offers is picked at first use:
+//!
+//! | [`Isa`]          | requires                         | lanes (f32) |
+//! |------------------|----------------------------------|-------------|
+//! | `Avx512`         | AVX-512 F + BW + VL, FMA         | 16          |
+//! | `Avx2`           | AVX2, FMA, F16C                  | 8           |
+//! | `Scalar`         | nothing (portable Rust)          | -           |
+//!
+//! `RUSTINFER_ISA=scalar|avx2|avx512` caps the choice (for comparisons and tests); it can never
+//! select an instruction set the CPU lacks. Independently, the opt-in "fast bf16" prefill path
+//! (AVX512_BF16 `vdpbf16ps`, see [`set_fast_bf16`]) rounds activations to bf16 and is off by default.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A family of kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust (auto-vectorised at the target's baseline).
+    Scalar,
+    /// AVX2 + FMA + F16C, 8 f32 lanes.
+    Avx2,
+    /// AVX-512 F/BW/VL + FMA, 16 f32 lanes.
+    Avx512,
+}
+
+impl Isa {
+    /// A short lower-case name (`"avx512"`, `"avx2"`, `"scalar"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" | "none" => Some(Isa::Scalar),
+            "avx2" => Some(Isa::Avx2),
+            "avx512" => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+}
+
+/// What the CPU supports, detected once.
+#[derive(Clone, Copy, Debug)]
+struct Features {
+    /// Best [`Isa`] the CPU supports.
+    detected: Isa,
+    /// Best [`Isa`] after the `RUSTINFER_ISA` cap.
+    active: Isa,
+    /// AVX512_BF16 (`vdpbf16ps`) on top of [`Isa::Avx512`].
+    avx512_bf16: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_cpu() -> (Isa, bool) {
+    let avx512 = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("fma");
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+    let isa = if avx512 && avx2 {
+        Isa::Avx512
+    } else if avx2 {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    };
+    (isa, isa == Isa::Avx512 && is_x86_feature_detected!("avx512bf16"))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_cpu() -> (Isa, bool) {
+    (Isa::Scalar, false)
+}
+
+fn features() -> &'static Features {
+    static FEATURES: OnceLock<Features> = OnceLock::new();
+    FEATURES.get_or_init(|| {
+        let (detected, bf16) = detect_cpu();
+        let cap = std::env::var("RUSTINFER_ISA").ok().as_deref().and_then(Isa::parse);
+        let active = cap.map_or(detected, |c| c.min(detected));
+        Features { detected, active, avx512_bf16: bf16 && active == Isa::Avx512 }
+    })
+}
+
+/// The kernel family in use (after the `RUSTINFER_ISA` cap).
+pub fn active() -> Isa {
+    features().active
+}
+
+/// The best kernel family the CPU supports (ignoring `RUSTINFER_ISA`).
+pub fn detected() -> Isa {
+    features().detected
+}
+
+/// Name of the active matmul path for logs: `"avx512"`, `"avx512+bf16dot"` (fast bf16 prefill
+/// on), `"avx2"` or `"scalar"`.
+pub fn isa() -> &'static str {
+    if fast_bf16() { "avx512+bf16dot" } else { active().name() }
+}
+
+/// Whether the CPU has AVX512_BF16 and the AVX-512 kernels are active.
+pub fn has_avx512_bf16() -> bool {
+    features().avx512_bf16
+}
+
+/// Every kernel family this CPU can run, slowest first (tests compare them all).
+pub fn available() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= detected()).collect()
+}
+
+fn fast_flag() -> &'static AtomicBool {
+    static FAST: OnceLock<AtomicBool> = OnceLock::new();
+    FAST.get_or_init(|| {
+        let on = std::env::var("RUSTINFER_FAST_BF16").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "on" | "yes"));
+        AtomicBool::new(on)
+    })
+}
+
+/// Turns the fast bf16 prefill path on or off (default off, or `RUSTINFER_FAST_BF16=1`).
+///
+/// When on and the CPU has AVX512_BF16, matmuls with bf16 weights and more than a few rows
+/// round the activations to bf16 (round-to-nearest-even, 8 significant bits) and use
+/// `vdpbf16ps`, which doubles the FLOP rate, as llama.cpp does. Products are exact and
+/// accumulate in f32, but the activation rounding adds a relative error of up to 2^-9 per
+/// element (typically ~1e-3 relative on a dot product, instead of ~1e-6 on the f32 path).
+/// Decode (1-4 rows) is memory-bound and always keeps f32 activations.
+pub fn set_fast_bf16(on: bool) {
+    fast_flag().store(on, Ordering::Relaxed);
+}
+
+/// Whether the fast bf16 path is requested *and* available.
+pub fn fast_bf16() -> bool {
+    fast_flag().load(Ordering::Relaxed) && has_avx512_bf16()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_is_consistent() {
+        assert!(active() <= detected());
+        assert!(available().contains(&Isa::Scalar));
+        assert!(available().contains(&active()));
+        assert!(["scalar", "avx2", "avx512", "avx512+bf16dot"].contains(&isa()));
+        assert_eq!(Isa::parse(" AVX2 "), Some(Isa::Avx2));
+        assert_eq!(Isa::parse("sse"), None);
+    }
+}

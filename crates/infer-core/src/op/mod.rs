@@ -1,0 +1,63 @@
+//! Ops: one file each. Every op file offers a checked function the model calls (shapes,
+//! dtypes and device are validated once at the top, then a kernel runs) and a small struct
+//! implementing [`Op`] over it for generic callers.
+
+pub mod add;
+pub mod argmax;
+pub mod attention;
+pub mod cpu;
+pub mod embedding;
+pub mod matmul;
+pub mod rms_norm;
+pub mod rope;
+pub mod softmax;
+pub mod swiglu;
+
+use crate::base::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Inputs and outputs handed to [`Op::forward`].
+pub struct OpContext<'a> {
+    pub inputs: &'a [&'a Tensor],
+    pub outputs: &'a mut [&'a mut Tensor],
+}
+
+impl<'a> OpContext<'a> {
+    pub fn new(inputs: &'a [&'a Tensor], outputs: &'a mut [&'a mut Tensor]) -> Self {
+        Self { inputs, outputs }
+    }
+
+    /// Input `i`, or an error naming the op.
+    pub fn input(&self, op: &'static str, i: usize) -> Result<&'a Tensor> {
+        self.inputs
+            .get(i)
+            .copied()
+            .ok_or_else(|| Error::op(op, format!("expected at least {} inputs, got {}", i + 1, self.inputs.len())))
+    }
+
+    /// Output `i`, or an error naming the op.
+    pub fn output(&mut self, op: &'static str, i: usize) -> Result<&mut Tensor> {
+        let n = self.outputs.len();
+        self.outputs
+            .get_mut(i)
+            .map(|t| &mut **t)
+            .ok_or_else(|| Error::op(op, format!("expected at least {} outputs, got {n}", i + 1)))
+    }
+}
+
+/// A computation over tensors.
+pub trait Op {
+    /// The op's name, used in errors and logs.
+    fn name(&self) -> &'static str;
+
+    /// Reads `ctx.inputs`, writes `ctx.outputs`.
+    fn forward(&self, ctx: &mut OpContext) -> Result<()>;
+}
+
+/// Checks that `t` has exactly `shape`.
+pub(crate) fn check_shape(op: &'static str, what: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape() != shape {
+        return Err(Error::op(op, format!("{what} has shape {:?}, expected {shape:?}", t.shape())));
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Tensors: dtype + shape + strides over host storage.
+
+mod dtype;
+#[allow(clippy::module_inception)]
+mod tensor;
+
+pub use dtype::DType;
+pub use tensor::{Tensor, TensorData};

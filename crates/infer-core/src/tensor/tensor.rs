@@ -1,0 +1,261 @@
+//! A row-major tensor over [`Storage`]. Views of the leading elements are cheap: a workspace
+//! tensor allocated for the longest chunk is reshaped to the current chunk without reallocating.
+
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+
+use super::DType;
+use crate::base::{DeviceType, Error, Result, Storage};
+
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    storage: Storage,
+    dtype: DType,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+/// Typed read-only access to a tensor's elements (the first `numel`).
+#[derive(Debug, Clone, Copy)]
+pub enum TensorData<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+impl TensorData<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(s) => s.len(),
+            TensorData::BF16(s) => s.len(),
+            TensorData::F16(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` widened to f32.
+    #[inline]
+    pub fn get_f32(&self, i: usize) -> f32 {
+        match self {
+            TensorData::F32(s) => s[i],
+            TensorData::BF16(s) => s[i].to_f32(),
+            TensorData::F16(s) => s[i].to_f32(),
+        }
+    }
+
+    /// Widens `out.len()` elements starting at `start` into `out`.
+    pub fn copy_to_f32(&self, start: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            TensorData::F32(s) => out.copy_from_slice(&s[start..start + n]),
+            TensorData::BF16(s) => out.iter_mut().zip(&s[start..start + n]).for_each(|(o, v)| *o = v.to_f32()),
+            TensorData::F16(s) => out.iter_mut().zip(&s[start..start + n]).for_each(|(o, v)| *o = v.to_f32()),
+        }
+    }
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
+impl Tensor {
+    /// A zero-filled host tensor.
+    pub fn zeros(shape: &[usize], dtype: DType) -> Self {
+        let n = shape.iter().product();
+        Tensor { storage: Storage::zeros(dtype, n), dtype, shape: shape.to_vec(), strides: contiguous_strides(shape) }
+    }
+
+    /// An f32 tensor owning `data` (`data.len()` must equal the shape's element count).
+    pub fn from_f32(shape: &[usize], data: Vec<f32>) -> Result<Self> {
+        Self::from_storage(Storage::F32(data), DType::F32, shape)
+    }
+
+    pub fn from_bf16(shape: &[usize], data: Vec<bf16>) -> Result<Self> {
+        Self::from_storage(Storage::BF16(data), DType::BF16, shape)
+    }
+
+    pub fn from_f16(shape: &[usize], data: Vec<f16>) -> Result<Self> {
+        Self::from_storage(Storage::F16(data), DType::F16, shape)
+    }
+
+    fn from_storage(storage: Storage, dtype: DType, shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n * dtype.size_of() != storage.byte_len() {
+            return Err(Error::InvalidArgument(format!(
+                "shape {shape:?} ({n} elements of {dtype}) does not match a buffer of {} bytes",
+                storage.byte_len()
+            )));
+        }
+        Ok(Tensor { storage, dtype, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+    }
+
+    /// A tensor reading `shape` elements of `dtype` from `map[start..]` in place (zero copy).
+    /// If the window is not aligned for `dtype`, the data is copied into owned storage instead.
+    pub fn from_mapped(map: Arc<Mmap>, start: usize, dtype: DType, shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        let len = n * dtype.size_of();
+        if start.checked_add(len).is_none_or(|end| end > map.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor window {start}..{} is outside the mapped file ({} bytes)",
+                start.saturating_add(len),
+                map.len()
+            )));
+        }
+        let bytes = &map[start..start + len];
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(dtype.size_of());
+        if aligned {
+            let storage = Storage::Mapped { map, start, len };
+            return Ok(Tensor { storage, dtype, shape: shape.to_vec(), strides: contiguous_strides(shape) });
+        }
+        let storage = match dtype {
+            DType::F32 => Storage::F32(bytemuck::pod_collect_to_vec(bytes)),
+            DType::BF16 => Storage::BF16(bytemuck::pod_collect_to_vec(bytes)),
+            DType::F16 => Storage::F16(bytemuck::pod_collect_to_vec(bytes)),
+        };
+        Self::from_storage(storage, dtype, shape)
+    }
+
+    pub fn device(&self) -> DeviceType {
+        DeviceType::Cpu
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_contiguous(&self) -> bool {
+        self.strides == contiguous_strides(&self.shape)
+    }
+
+    /// True when the elements live in a memory-mapped file (not copied).
+    pub fn is_mapped(&self) -> bool {
+        self.storage.is_mapped()
+    }
+
+    /// The storage size in bytes (capacity, not just the current view).
+    pub fn storage_bytes(&self) -> usize {
+        self.storage.byte_len()
+    }
+
+    /// `(rows, cols)` of a 2-D tensor, or an op error naming `op`.
+    pub fn dims2(&self, op: &'static str) -> Result<(usize, usize)> {
+        match self.shape[..] {
+            [r, c] => Ok((r, c)),
+            _ => Err(Error::op(op, format!("expected a 2-D tensor, got shape {:?}", self.shape))),
+        }
+    }
+
+    /// Changes the shape in place. The new element count may be smaller than the storage
+    /// (a view of the leading elements) but never larger.
+    pub fn reshape(&mut self, shape: &[usize]) -> Result<()> {
+        let n: usize = shape.iter().product();
+        let cap = self.storage.byte_len() / self.dtype.size_of();
+        if n > cap {
+            return Err(Error::InvalidArgument(format!(
+                "cannot view {n} elements ({shape:?}) in a tensor with room for {cap}"
+            )));
+        }
+        self.shape = shape.to_vec();
+        self.strides = contiguous_strides(shape);
+        Ok(())
+    }
+
+    /// Typed read access to the first `numel` elements.
+    pub fn data(&self) -> TensorData<'_> {
+        let n = self.numel();
+        match (&self.storage, self.dtype) {
+            (Storage::F32(v), _) => TensorData::F32(&v[..n]),
+            (Storage::BF16(v), _) => TensorData::BF16(&v[..n]),
+            (Storage::F16(v), _) => TensorData::F16(&v[..n]),
+            (Storage::Mapped { .. }, dtype) => {
+                // Alignment and bounds were checked in `from_mapped`; `cast_slice` re-checks both.
+                let bytes = &self.storage.bytes()[..n * dtype.size_of()];
+                match dtype {
+                    DType::F32 => TensorData::F32(bytemuck::cast_slice(bytes)),
+                    DType::BF16 => TensorData::BF16(bytemuck::cast_slice(bytes)),
+                    DType::F16 => TensorData::F16(bytemuck::cast_slice(bytes)),
+                }
+            }
+        }
+    }
+
+    pub fn as_f32(&self) -> Result<&[f32]> {
+        match self.data() {
+            TensorData::F32(s) => Ok(s),
+            _ => Err(self.dtype_error(DType::F32)),
+        }
+    }
+
+    pub fn as_bf16(&self) -> Result<&[bf16]> {
+        match self.data() {
+            TensorData::BF16(s) => Ok(s),
+            _ => Err(self.dtype_error(DType::BF16)),
+        }
+    }
+
+    /// Mutable f32 access (owned host tensors only; mapped weights are read-only).
+    pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
+        let n = self.numel();
+        let kind = if self.storage.is_mapped() { "read-only mapped" } else { "owned" };
+        let dtype = self.dtype;
+        match &mut self.storage {
+            Storage::F32(v) => Ok(&mut v[..n]),
+            _ => Err(Error::InvalidArgument(format!("expected a writable f32 tensor, got {kind} {dtype}"))),
+        }
+    }
+
+    /// All elements widened to f32 (a copy; for tests and small tensors).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let d = self.data();
+        let mut out = vec![0.0; d.len()];
+        d.copy_to_f32(0, &mut out);
+        out
+    }
+
+    fn dtype_error(&self, want: DType) -> Error {
+        Error::InvalidArgument(format!("expected a {want} tensor, got {} with shape {:?}", self.dtype, self.shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_views_leading_elements() {
+        let mut t = Tensor::from_f32(&[2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap();
+        assert_eq!(t.strides(), &[3, 1]);
+        t.reshape(&[1, 3]).unwrap();
+        assert_eq!(t.as_f32().unwrap(), &[1., 2., 3.]);
+        assert!(t.reshape(&[3, 3]).is_err());
+        assert!(Tensor::from_f32(&[2, 2], vec![0.0; 3]).is_err());
+    }
+
+    #[test]
+    fn widen_bf16() {
+        let t = Tensor::from_bf16(&[2], vec![bf16::from_f32(1.5), bf16::from_f32(-2.0)]).unwrap();
+        assert_eq!(t.to_f32_vec(), vec![1.5, -2.0]);
+        assert!(t.as_f32().is_err());
+    }
+}

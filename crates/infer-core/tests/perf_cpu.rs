@@ -1,0 +1,99 @@
+//! The seed's CPU benchmark test (ignored by default; a benchmark, not a timed assertion):
+//!   cargo test --release test_llama3_cpu_loading_and_generation -- --ignored --show-output
+//! Model: `RUSTINFER_MODEL`, or a random Llama-3.2-1B-shaped checkpoint made on first use with
+//! scripts/make_random_llama.py (numpy). Prints load time, prefill tok/s (64- and 128-token
+//! prompts) and decode tok/s, plus one JSON line for scripts/bench_cpu.sh.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use infer_core::{GenerateOptions, Llama3, LoadOptions, SamplerConfig};
+
+fn model_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("RUSTINFER_MODEL") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let dir = root.join("target/models/llama-3.2-1b-random");
+    if !dir.join("model.safetensors").is_file() {
+        let status = Command::new("python3")
+            .arg(root.join("scripts/make_random_llama.py"))
+            .args(["--out", dir.to_str().unwrap(), "--shape", "llama-3.2-1b", "--tokenizer-from"])
+            .arg(common::tiny_dir())
+            .status()
+            .expect("python3 runs scripts/make_random_llama.py");
+        assert!(status.success(), "make_random_llama.py failed (needs numpy)");
+    }
+    dir
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+#[ignore = "benchmark: needs a 1B-shaped model (2.5 GB) and minutes of CPU"]
+fn test_llama3_cpu_loading_and_generation() {
+    let dir = model_dir();
+    let t0 = Instant::now();
+    let mut model = Llama3::load(&dir, LoadOptions { context_length: Some(1024), ..LoadOptions::default() }).unwrap();
+    let load_s = t0.elapsed().as_secs_f64();
+    println!(
+        "model: {} ({} layers, hidden {})",
+        dir.display(),
+        model.config().num_hidden_layers,
+        model.config().hidden_size
+    );
+    println!("load: {load_s:.2} s");
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(40);
+    let all = model.tokenize(&text, true).unwrap();
+    let mut prefill = Vec::new();
+    for n in [64usize, 128] {
+        let runs: Vec<f64> = (0..3)
+            .map(|_| {
+                model.reset();
+                let t = Instant::now();
+                let logits = model.forward_tokens(&all[..n], 0, false).unwrap();
+                assert!(logits.as_f32().unwrap().iter().all(|x| x.is_finite()));
+                n as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect();
+        let tps = median(runs);
+        println!("prefill {n} tokens: {tps:.1} tok/s");
+        prefill.push((n, tps));
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: 33,
+        sampler: SamplerConfig::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    model.reset();
+    let g = model.generate_ids(&all[..16], &opts, &mut |_| {}).unwrap();
+    assert_eq!(g.ids.len(), 33);
+    let decode = g.decode_tokens_per_s();
+    let gbps = decode * model_bytes(&dir) / 1e9;
+    println!("decode: {decode:.2} tok/s ({} tokens, {gbps:.1} GB/s of weights)", g.decode_tokens);
+    println!(
+        "BENCH_JSON {{\"load_s\": {load_s:.3}, \"pp64\": {:.2}, \"pp128\": {:.2}, \"tg\": {decode:.3}, \"isa\": \"{}\"}}",
+        prefill[0].1,
+        prefill[1].1,
+        infer_core::op::cpu::isa()
+    );
+}
+
+fn model_bytes(dir: &std::path::Path) -> f64 {
+    std::fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len() as f64)
+                .sum()
+        })
+        .unwrap_or(0.0)
+}

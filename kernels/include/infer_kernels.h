@@ -1,0 +1,79 @@
+/* RustInfer CUDA kernels: the only ABI between Rust and the .cu sources (bound with bindgen).
+ *
+ * Conventions
+ * - bf16 tensors are passed as `void*` / `const void*` (device pointers to __nv_bfloat16), row-major.
+ * - The residual stream is f32; everything else (normed activations, projections, KV cache) is bf16,
+ *   with f32 accumulation inside every kernel.
+ * - Positions and token ids that change every decode step are read from DEVICE memory
+ *   (`const int32_t* pos_dev`, `ids`), so one decode step can be captured in a CUDA graph and
+ *   replayed; grid sizes never depend on them.
+ * - Every launcher checks its arguments (returns cudaErrorInvalidValue on nonsense sizes), launches
+ *   on `stream`, never synchronises, never allocates, and returns cudaGetLastError().
+ * - Shapes: n_heads query heads and n_kv_heads KV heads of head_dim each (GQA group
+ *   n_heads / n_kv_heads); KV caches are [n_kv_heads, ctx, head_dim]; the fused QKV projection
+ *   output is [seq, (n_heads + 2 * n_kv_heads) * head_dim] laid out as [q | k | v] per row.
+ */
+#ifndef INFER_KERNELS_H
+#define INFER_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* out[i, :] = f32(table[ids[i], :]); ids [n_tokens] int32 on device (out-of-range ids give zeros). */
+cudaError_t infer_embedding_bf16(const int32_t *ids, const void *table, float *out, int n_tokens, int hidden,
+                                 int vocab, cudaStream_t stream);
+
+/* RMSNorm with an optional residual add, row by row over [rows, dim]:
+ *   if delta != NULL: x += f32(delta)      (x is the f32 residual stream, updated in place)
+ *   out = bf16(x / sqrt(mean(x^2) + eps) * weight)       weight [dim] bf16. */
+cudaError_t infer_add_rms_norm_bf16(float *x, const void *delta, const void *weight, void *out, int rows, int dim,
+                                    float eps, cudaStream_t stream);
+
+/* Skinny matmul for decode: out[m, n] = x[m, k] . w[n, k]^T, bf16 inputs, f32 accumulation,
+ * m in 1..=8. out is bf16, or f32 when out_f32 != 0 (LM head logits). k % 8 == 0 required
+ * (16-byte vector loads). Must reach most of HBM bandwidth for n*k*2 bytes of weights. */
+cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, int m, int n, int k, int out_f32,
+                            cudaStream_t stream);
+
+/* RoPE (Hugging Face rotate_half layout: pairs (j, j + head_dim/2)) on the fused projection
+ * qkv [seq, (n_heads + 2 n_kv_heads) head_dim]; row i is at position pos0 + i with pos0 = *pos_dev.
+ * Writes the rotated q to q_out [seq, n_heads head_dim], the rotated k and the v rows into the
+ * caches at positions pos0 + i. cos_sin is [ctx, head_dim / 2, 2] f32 (cos, sin) precomputed on the host. */
+cudaError_t infer_rope_kv_bf16(const void *qkv, void *q_out, void *k_cache, void *v_cache, const float *cos_sin,
+                               const int32_t *pos_dev, int seq, int n_heads, int n_kv_heads, int head_dim, int ctx,
+                               cudaStream_t stream);
+
+/* Causal GQA attention of q [seq, n_heads head_dim] (rows at positions pos0 + i, pos0 = *pos_dev)
+ * over the caches, which hold positions 0 .. pos0 + seq - 1: out [seq, n_heads head_dim] bf16,
+ * softmax scale 1/sqrt(head_dim). seq == 1 uses split-KV (flash-decoding) with a grid sized by
+ * `ctx` (splits past the current length exit early), so it is graph-capturable; seq > 1 uses a
+ * tiled flash-attention kernel. head_dim in {64, 128} at least. workspace: f32 scratch of
+ * infer_attention_workspace_bytes() bytes. */
+cudaError_t infer_attention_bf16(const void *q, const void *k_cache, const void *v_cache, void *out,
+                                 const int32_t *pos_dev, int seq, int n_heads, int n_kv_heads, int head_dim, int ctx,
+                                 float *workspace, size_t workspace_bytes, cudaStream_t stream);
+size_t infer_attention_workspace_bytes(int n_heads, int head_dim, int ctx);
+
+/* SwiGLU over the fused gate/up projection gate_up [rows, 2 inter] laid out [gate | up] per row:
+ * out [rows, inter] = bf16(silu(gate) * up). */
+cudaError_t infer_swiglu_bf16(const void *gate_up, void *out, int rows, int inter, cudaStream_t stream);
+
+/* *out_id = argmax(logits[0..n]) (first index of the maximum; NaN ignored). workspace: at least
+ * infer_argmax_workspace_bytes(n) bytes. */
+cudaError_t infer_argmax_f32(const float *logits, int n, int32_t *out_id, void *workspace, cudaStream_t stream);
+size_t infer_argmax_workspace_bytes(int n);
+
+/* Element conversions (used once at load for f32/f16 checkpoints, and by tests). */
+cudaError_t infer_f32_to_bf16(const float *in, void *out, size_t n, cudaStream_t stream);
+cudaError_t infer_f16_to_bf16(const void *in, void *out, size_t n, cudaStream_t stream);
+cudaError_t infer_bf16_to_f32(const void *in, float *out, size_t n, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* INFER_KERNELS_H */
