@@ -44,32 +44,13 @@ impl KvCache {
         }
     }
 
-    /// Stores `k_new`, `v_new` `[seq, n_kv_heads * head_dim]` at positions `pos0..pos0 + seq` of `layer`.
-    pub fn write(&mut self, layer: usize, pos0: usize, k_new: &Tensor, v_new: &Tensor) -> Result<()> {
-        let (seq, width) = k_new.dims2(NAME)?;
-        let (hd, nkv, ctx) = (self.head_dim, self.n_kv_heads, self.context);
-        if width != nkv * hd || v_new.shape() != k_new.shape() {
-            return Err(Error::op(
-                NAME,
-                format!("new k/v {:?}/{:?}, expected [seq, {}]", k_new.shape(), v_new.shape(), nkv * hd),
-            ));
+    /// Layer `layer`'s `(k, v)` caches, writable.
+    pub fn layer_mut(&mut self, layer: usize) -> Result<(&mut Tensor, &mut Tensor)> {
+        let n = self.k.len();
+        match (self.k.get_mut(layer), self.v.get_mut(layer)) {
+            (Some(k), Some(v)) => Ok((k, v)),
+            _ => Err(Error::op(NAME, format!("layer {layer} out of range ({n} layers)"))),
         }
-        if pos0 + seq > ctx {
-            return Err(Error::op(NAME, format!("positions up to {} exceed the context length {ctx}", pos0 + seq)));
-        }
-        if layer >= self.k.len() {
-            return Err(Error::op(NAME, format!("layer {layer} out of range ({} layers)", self.k.len())));
-        }
-        for (src, dst) in [(k_new, &mut self.k[layer]), (v_new, &mut self.v[layer])] {
-            let (src, dst) = (src.as_f32()?, dst.as_f32_mut()?);
-            for (i, row) in src.chunks_exact(width).enumerate() {
-                for (h, head) in row.chunks_exact(hd).enumerate() {
-                    let at = (h * ctx + pos0 + i) * hd;
-                    dst[at..at + hd].copy_from_slice(head);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Copies of positions `start..end` of `layer`, each `[n_kv_heads, end - start, head_dim]`.
@@ -96,17 +77,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn write_then_slice() {
-        let mut c = KvCache::new(2, 2, 3, 5);
-        let k = Tensor::from_f32(&[2, 6], (0..12).map(|x| x as f32).collect()).unwrap();
-        let v = Tensor::from_f32(&[2, 6], (0..12).map(|x| -(x as f32)).collect()).unwrap();
-        c.write(1, 2, &k, &v).unwrap();
+    fn slice_per_head() {
+        let mut c = KvCache::new(2, 2, 3, 5); // 2 layers, 2 heads, head_dim 3, ctx 5
+        let (k, v) = c.layer_mut(1).unwrap();
+        k.as_f32_mut().unwrap().iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
+        v.as_f32_mut().unwrap().iter_mut().enumerate().for_each(|(i, x)| *x = -(i as f32));
         let (ks, vs) = c.slice(1, 2, 4).unwrap();
         assert_eq!(ks.shape(), &[2, 2, 3]);
-        // head 0: rows [0,1,2] and [6,7,8]; head 1: [3,4,5] and [9,10,11]
-        assert_eq!(ks.as_f32().unwrap(), &[0., 1., 2., 6., 7., 8., 3., 4., 5., 9., 10., 11.]);
-        assert_eq!(vs.as_f32().unwrap()[3], -6.0);
-        assert!(c.write(0, 4, &k, &v).is_err());
+        // head 0 positions 2,3 = elements 6..12; head 1 positions 2,3 = 21..27
+        assert_eq!(ks.as_f32().unwrap(), &[6., 7., 8., 9., 10., 11., 21., 22., 23., 24., 25., 26.]);
+        assert_eq!(vs.as_f32().unwrap()[0], -6.0);
+        assert!(c.layer_mut(2).is_err());
         assert!(c.slice(2, 0, 1).is_err());
         assert!(c.slice(0, 3, 6).is_err());
     }

@@ -14,8 +14,8 @@ use super::sampler::{SamplerConfig, from_generation_config};
 use super::tokenizer::{HfTokenizer, Tokenizer};
 use super::{Model, workspace::Workspace};
 use crate::base::{DeviceType, Error, Result};
-use crate::op::{add::add_inplace, attention::attention, embedding::embedding, matmul::matmul};
-use crate::op::{rms_norm::rms_norm, rope::RopeTable, rope::rope, swiglu::swiglu};
+use crate::op::{Positions, add_rms_norm::add_rms_norm, attention::attention, embedding::embedding};
+use crate::op::{linear::linear, matmul::matmul, rope::RopeTable, rope_kv::rope_kv, swiglu::swiglu};
 use crate::tensor::{DType, Tensor};
 
 /// Default KV-cache length when the user does not choose one.
@@ -39,18 +39,19 @@ impl Default for LoadOptions {
     }
 }
 
-/// One decoder layer's weights.
+/// One decoder layer's weights (Hugging Face names). Projections that read the same input are
+/// kept as lists whose outputs are concatenated: on the CPU the checkpoint's own tensors
+/// (zero copy), on a GPU one fused matrix per list.
 #[derive(Debug)]
 pub struct LayerWeights {
-    pub input_layernorm: Tensor,          // [hidden]
-    pub q_proj: Tensor,                   // [n_heads * head_dim, hidden]
-    pub k_proj: Tensor,                   // [n_kv_heads * head_dim, hidden]
-    pub v_proj: Tensor,                   // [n_kv_heads * head_dim, hidden]
+    pub input_layernorm: Tensor, // [hidden]
+    /// `self_attn.q_proj | k_proj | v_proj`: [n_heads * head_dim + 2 * n_kv_heads * head_dim, hidden]
+    pub qkv_proj: Vec<Tensor>,
     pub o_proj: Tensor,                   // [hidden, n_heads * head_dim]
     pub post_attention_layernorm: Tensor, // [hidden]
-    pub gate_proj: Tensor,                // [intermediate, hidden]
-    pub up_proj: Tensor,                  // [intermediate, hidden]
-    pub down_proj: Tensor,                // [hidden, intermediate]
+    /// `mlp.gate_proj | up_proj`: [2 * intermediate, hidden]
+    pub gate_up_proj: Vec<Tensor>,
+    pub down_proj: Tensor, // [hidden, intermediate]
 }
 
 #[derive(Debug)]
@@ -70,13 +71,14 @@ impl Weights {
                 let get = |name: &str, shape: &[usize]| store.get(&format!("model.layers.{l}.{name}.weight"), shape);
                 Ok(LayerWeights {
                     input_layernorm: get("input_layernorm", &[h])?,
-                    q_proj: get("self_attn.q_proj", &[q, h])?,
-                    k_proj: get("self_attn.k_proj", &[kv, h])?,
-                    v_proj: get("self_attn.v_proj", &[kv, h])?,
+                    qkv_proj: vec![
+                        get("self_attn.q_proj", &[q, h])?,
+                        get("self_attn.k_proj", &[kv, h])?,
+                        get("self_attn.v_proj", &[kv, h])?,
+                    ],
                     o_proj: get("self_attn.o_proj", &[h, q])?,
                     post_attention_layernorm: get("post_attention_layernorm", &[h])?,
-                    gate_proj: get("mlp.gate_proj", &[i, h])?,
-                    up_proj: get("mlp.up_proj", &[i, h])?,
+                    gate_up_proj: vec![get("mlp.gate_proj", &[i, h])?, get("mlp.up_proj", &[i, h])?],
                     down_proj: get("mlp.down_proj", &[h, i])?,
                 })
             })
@@ -284,48 +286,41 @@ impl Llama3 {
     }
 
     /// One batched pass of `ids` (at most [`PREFILL_CHUNK`]) through every layer; leaves the
-    /// final hidden states in the workspace.
+    /// final normed hidden states in `ws.h`.
     fn forward_chunk(&mut self, ids: &[u32], pos0: usize) -> Result<()> {
         let c = &self.config;
         let eps = c.rms_norm_eps as f32;
         let ws = &mut self.ws;
         ws.resize(ids.len())?;
-        embedding(ids, &self.weights.embed_tokens, &mut ws.x)?; // [seq, hidden]
+        let pos = Positions::host(pos0);
+        embedding(ids, &self.weights.embed_tokens, &mut ws.x)?; // [seq, hidden] f32 residual stream
         for (l, w) in self.weights.layers.iter().enumerate() {
-            rms_norm(&ws.x, &w.input_layernorm, eps, &mut ws.h)?; // [seq, hidden]
-            matmul(&ws.h, &w.q_proj, &mut ws.q)?; // [seq, n_heads * head_dim]
-            matmul(&ws.h, &w.k_proj, &mut ws.k)?; // [seq, n_kv_heads * head_dim]
-            matmul(&ws.h, &w.v_proj, &mut ws.v)?; // [seq, n_kv_heads * head_dim]
-            rope(&mut ws.q, pos0, &self.rope)?;
-            rope(&mut ws.k, pos0, &self.rope)?;
-            self.cache.write(l, pos0, &ws.k, &ws.v)?;
-            let (kc, vc) = self.cache.layer(l)?; // [n_kv_heads, ctx, head_dim]
-            attention(&ws.q, kc, vc, pos0, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
-            matmul(&ws.att, &w.o_proj, &mut ws.h)?; // [seq, hidden]
-            add_inplace(&mut ws.x, &ws.h)?;
-            rms_norm(&ws.x, &w.post_attention_layernorm, eps, &mut ws.h)?;
-            matmul(&ws.h, &w.gate_proj, &mut ws.gate)?; // [seq, intermediate]
-            matmul(&ws.h, &w.up_proj, &mut ws.up)?; // [seq, intermediate]
-            swiglu(&ws.gate, &ws.up, &mut ws.act)?;
-            matmul(&ws.act, &w.down_proj, &mut ws.h)?; // [seq, hidden]
-            add_inplace(&mut ws.x, &ws.h)?;
+            // The previous layer's MLP output joins the residual stream here.
+            let delta = (l > 0).then_some(&ws.delta);
+            add_rms_norm(&mut ws.x, delta, &w.input_layernorm, eps, &mut ws.h)?; // [seq, hidden]
+            linear(&ws.h, &w.qkv_proj, &mut ws.qkv)?; // [seq, (n_heads + 2 n_kv_heads) * head_dim]
+            let (kc, vc) = self.cache.layer_mut(l)?; // [n_kv_heads, ctx, head_dim]
+            rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?; // q: [seq, n_heads * head_dim]
+            attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
+            matmul(&ws.att, &w.o_proj, &mut ws.delta)?; // [seq, hidden]
+            add_rms_norm(&mut ws.x, Some(&ws.delta), &w.post_attention_layernorm, eps, &mut ws.h)?;
+            linear(&ws.h, &w.gate_up_proj, &mut ws.gate_up)?; // [seq, 2 * intermediate]
+            swiglu(&ws.gate_up, &mut ws.act)?; // [seq, intermediate]
+            matmul(&ws.act, &w.down_proj, &mut ws.delta)?; // [seq, hidden]
         }
-        Ok(())
+        add_rms_norm(&mut ws.x, Some(&ws.delta), &self.weights.norm, eps, &mut ws.h)
     }
 
-    /// Final norm + LM head for hidden rows `x[last rows_n of the chunk]`, written to logits
-    /// rows `out_row..out_row + rows_n` (`rows_n == 1` takes the chunk's last row).
+    /// LM head over the last `rows_n` normed hidden rows of the chunk, written to logits rows
+    /// `out_row..out_row + rows_n`.
     fn lm_head(&mut self, out_row: usize, rows_n: usize) -> Result<()> {
         let ws = &mut self.ws;
-        let (seq, hidden) = ws.x.dims2("lm_head")?;
+        let seq = ws.h.dims2("lm_head")?.0;
         let vocab = self.config.vocab_size;
-        let x = ws.x.as_f32()?;
-        let rows = Tensor::from_f32(&[rows_n, hidden], x[(seq - rows_n) * hidden..].to_vec())?;
-        let mut normed = Tensor::zeros(&[rows_n, hidden], DType::F32);
-        rms_norm(&rows, &self.weights.norm, self.config.rms_norm_eps as f32, &mut normed)?;
+        let rows = ws.h.copy_rows(seq - rows_n, rows_n)?; // [rows, hidden]
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let mut out = Tensor::zeros(&[rows_n, vocab], DType::F32);
-        matmul(&normed, head, &mut out)?; // [rows, vocab]
+        matmul(&rows, head, &mut out)?; // [rows, vocab]
         ws.logits.as_f32_mut()?[out_row * vocab..(out_row + rows_n) * vocab].copy_from_slice(out.as_f32()?);
         Ok(())
     }

@@ -7,42 +7,44 @@ use crate::tensor::{DType, Tensor};
 
 #[derive(Debug)]
 pub(crate) struct Workspace {
-    hidden: usize,
-    q_dim: usize,
-    kv_dim: usize,
-    inter: usize,
+    /// Row widths of the buffers below, in field order (x, h, qkv, q, att, delta, gate_up, act).
+    widths: [usize; 8],
     capacity: usize,
-    pub x: Tensor,      // [seq, hidden] residual stream
-    pub h: Tensor,      // [seq, hidden] normed input / projection output
-    pub q: Tensor,      // [seq, n_heads * head_dim]
-    pub k: Tensor,      // [seq, n_kv_heads * head_dim]
-    pub v: Tensor,      // [seq, n_kv_heads * head_dim]
-    pub att: Tensor,    // [seq, n_heads * head_dim]
-    pub gate: Tensor,   // [seq, intermediate]
-    pub up: Tensor,     // [seq, intermediate]
-    pub act: Tensor,    // [seq, intermediate]
-    pub logits: Tensor, // [rows, vocab]
+    pub x: Tensor,       // [seq, hidden] f32 residual stream
+    pub h: Tensor,       // [seq, hidden] normed activations
+    pub qkv: Tensor,     // [seq, (n_heads + 2 n_kv_heads) * head_dim]
+    pub q: Tensor,       // [seq, n_heads * head_dim] rotated queries
+    pub att: Tensor,     // [seq, n_heads * head_dim]
+    pub delta: Tensor,   // [seq, hidden] output of o_proj / down_proj, added to x by the next norm
+    pub gate_up: Tensor, // [seq, 2 * intermediate]
+    pub act: Tensor,     // [seq, intermediate]
+    pub logits: Tensor,  // [rows, vocab] f32
 }
 
 impl Workspace {
     pub fn new(c: &LlamaConfig) -> Self {
         let z = |w| Tensor::zeros(&[0, w], DType::F32);
-        let (hidden, q_dim, kv_dim, inter) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let widths = [
+            c.hidden_size,
+            c.hidden_size,
+            c.q_dim() + 2 * c.kv_dim(),
+            c.q_dim(),
+            c.q_dim(),
+            c.hidden_size,
+            2 * c.intermediate_size,
+            c.intermediate_size,
+        ];
         Workspace {
-            hidden,
-            q_dim,
-            kv_dim,
-            inter,
+            widths,
             capacity: 0,
-            x: z(hidden),
-            h: z(hidden),
-            q: z(q_dim),
-            k: z(kv_dim),
-            v: z(kv_dim),
-            att: z(q_dim),
-            gate: z(inter),
-            up: z(inter),
-            act: z(inter),
+            x: z(widths[0]),
+            h: z(widths[1]),
+            qkv: z(widths[2]),
+            q: z(widths[3]),
+            att: z(widths[4]),
+            delta: z(widths[5]),
+            gate_up: z(widths[6]),
+            act: z(widths[7]),
             logits: z(c.vocab_size),
         }
     }
@@ -50,18 +52,17 @@ impl Workspace {
     /// Views every buffer at `seq` rows, growing the storage when needed.
     pub fn resize(&mut self, seq: usize) -> Result<()> {
         let grow = seq > self.capacity;
-        let (hidden, q_dim, kv_dim, inter) = (self.hidden, self.q_dim, self.kv_dim, self.inter);
-        for (t, w) in [
-            (&mut self.x, hidden),
-            (&mut self.h, hidden),
-            (&mut self.q, q_dim),
-            (&mut self.k, kv_dim),
-            (&mut self.v, kv_dim),
-            (&mut self.att, q_dim),
-            (&mut self.gate, inter),
-            (&mut self.up, inter),
-            (&mut self.act, inter),
-        ] {
+        let bufs = [
+            &mut self.x,
+            &mut self.h,
+            &mut self.qkv,
+            &mut self.q,
+            &mut self.att,
+            &mut self.delta,
+            &mut self.gate_up,
+            &mut self.act,
+        ];
+        for (t, &w) in bufs.into_iter().zip(&self.widths) {
             if grow {
                 *t = Tensor::zeros(&[seq, w], DType::F32);
             } else {

@@ -2,17 +2,18 @@
 
 use rayon::prelude::*;
 
-use super::{Op, OpContext, check_shape};
+use super::{Op, OpContext, Positions, check_shape};
 use crate::base::{Error, Result};
 use crate::op::softmax::softmax_row;
 use crate::tensor::Tensor;
 
 const NAME: &str = "attention";
 
-/// Attention of `q` `[seq, n_heads * head_dim]` (already rotated; row `i` at position `pos0 + i`)
+/// Attention of `q` `[seq, n_heads * head_dim]` (already rotated; row `i` at position `pos.start + i`)
 /// over the cached `k`, `v` `[n_kv_heads, ctx, head_dim]` (positions `0..pos0 + seq` filled),
 /// writing `out` `[seq, n_heads * head_dim]`. Query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos0: usize, n_heads: usize, out: &mut Tensor) -> Result<()> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: usize, out: &mut Tensor) -> Result<()> {
+    let pos0 = pos.start;
     let (seq, width) = q.dims2(NAME)?;
     let [n_kv, ctx, hd] = k.shape()[..] else {
         return Err(Error::op(NAME, format!("k cache must be [n_kv_heads, ctx, head_dim], got {:?}", k.shape())));
@@ -27,6 +28,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos0: usize, n_heads: usize
     }
     if pos0 + seq > ctx {
         return Err(Error::op(NAME, format!("positions up to {} exceed the cache length {ctx}", pos0 + seq)));
+    }
+    #[cfg(feature = "cuda")]
+    if q.is_cuda() {
+        return crate::cuda::ops::attention(q, k, v, pos, n_heads, out);
     }
     let group = n_heads / n_kv;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -64,7 +69,7 @@ impl Op for Attention {
 
     fn forward(&self, ctx: &mut OpContext) -> Result<()> {
         let (q, k, v) = (ctx.input(NAME, 0)?, ctx.input(NAME, 1)?, ctx.input(NAME, 2)?);
-        attention(q, k, v, self.pos0, self.n_heads, ctx.output(NAME, 0)?)
+        attention(q, k, v, &Positions::host(self.pos0), self.n_heads, ctx.output(NAME, 0)?)
     }
 }
 
@@ -124,6 +129,6 @@ mod tests {
                 }
             }
         }
-        assert!(attention(&q, &k, &v, 7, n_heads, &mut out).is_err());
+        assert!(attention(&q, &k, &v, &Positions::host(7), n_heads, &mut out).is_err());
     }
 }

@@ -3,13 +3,16 @@
 //! implementing [`Op`] over it for generic callers.
 
 pub mod add;
+pub mod add_rms_norm;
 pub mod argmax;
 pub mod attention;
 pub mod cpu;
 pub mod embedding;
+pub mod linear;
 pub mod matmul;
 pub mod rms_norm;
 pub mod rope;
+pub mod rope_kv;
 pub mod softmax;
 pub mod swiglu;
 
@@ -42,6 +45,22 @@ impl<'a> OpContext<'a> {
             .get_mut(i)
             .map(|t| &mut **t)
             .ok_or_else(|| Error::op(op, format!("expected at least {} outputs, got {n}", i + 1)))
+    }
+}
+
+/// Where a chunk of tokens starts in the sequence: the host value, and on a GPU the same value
+/// in device memory (an `[1]` i32 tensor), which kernels read so that a captured CUDA graph can
+/// be replayed at a new position.
+#[derive(Debug, Clone, Copy)]
+pub struct Positions<'a> {
+    pub start: usize,
+    pub device: Option<&'a Tensor>,
+}
+
+impl Positions<'_> {
+    /// Host-only positions (CPU ops).
+    pub fn host(start: usize) -> Self {
+        Positions { start, device: None }
     }
 }
 

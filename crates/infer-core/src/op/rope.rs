@@ -66,6 +66,15 @@ impl RopeTable {
     pub fn max_pos(&self) -> usize {
         self.max_pos
     }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// `[max_pos, head_dim / 2, 2]` interleaved (cos, sin), the layout of the CUDA kernel's table.
+    pub fn cos_sin_interleaved(&self) -> Vec<f32> {
+        self.cos.iter().zip(&self.sin).flat_map(|(c, s)| [*c, *s]).collect()
+    }
 }
 
 /// Rotates `x` `[seq, n_heads * head_dim]` (f32, in place); row `i` is at position `pos0 + i`.
@@ -78,8 +87,15 @@ pub fn rope(x: &mut Tensor, pos0: usize, table: &RopeTable) -> Result<()> {
     if pos0 + seq > table.max_pos {
         return Err(Error::op(NAME, format!("positions up to {} exceed the table ({})", pos0 + seq, table.max_pos)));
     }
-    let half = hd / 2;
-    x.as_f32_mut()?.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
+    rotate_rows(x.as_f32_mut()?, width, pos0, table);
+    Ok(())
+}
+
+/// Rotates rows of `width` (a multiple of head_dim) in place, row `i` at position `pos0 + i`.
+/// Callers have checked that the positions are inside the table.
+pub(crate) fn rotate_rows(x: &mut [f32], width: usize, pos0: usize, table: &RopeTable) {
+    let (hd, half) = (table.head_dim, table.head_dim / 2);
+    x.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
         let p = pos0 + i;
         let (cos, sin) = (&table.cos[p * half..(p + 1) * half], &table.sin[p * half..(p + 1) * half]);
         for head in row.chunks_exact_mut(hd) {
@@ -91,7 +107,6 @@ pub fn rope(x: &mut Tensor, pos0: usize, table: &RopeTable) -> Result<()> {
             }
         }
     });
-    Ok(())
 }
 
 /// [`Op`] form: outputs `[x]` rotated in place at positions `pos0..`.

@@ -1,29 +1,36 @@
-//! SwiGLU activation of the Llama MLP: `out = silu(gate) * up`.
+//! SwiGLU activation of the Llama MLP over the fused gate/up projection: `out = silu(gate) * up`.
 
 use rayon::prelude::*;
 
 use super::{Op, OpContext, check_shape};
-use crate::base::Result;
+use crate::base::{Error, Result};
 use crate::tensor::Tensor;
 
 const NAME: &str = "swiglu";
 
-/// `gate`, `up`, `out`: `[rows, intermediate]` f32.
-pub fn swiglu(gate: &Tensor, up: &Tensor, out: &mut Tensor) -> Result<()> {
-    check_shape(NAME, "up", up, gate.shape())?;
-    check_shape(NAME, "output", out, gate.shape())?;
-    let (g, u) = (gate.as_f32()?, up.as_f32()?);
-    out.as_f32_mut()?.par_chunks_mut(4096).enumerate().for_each(|(c, o)| {
-        let base = c * 4096;
-        for (i, o) in o.iter_mut().enumerate() {
-            let x = g[base + i];
-            *o = x / (1.0 + (-x).exp()) * u[base + i];
+/// `gate_up` `[rows, 2 inter]` laid out `[gate | up]` per row; `out` `[rows, inter]`.
+pub fn swiglu(gate_up: &Tensor, out: &mut Tensor) -> Result<()> {
+    let (rows, width) = gate_up.dims2(NAME)?;
+    if !width.is_multiple_of(2) {
+        return Err(Error::op(NAME, format!("gate_up width {width} is odd")));
+    }
+    let inter = width / 2;
+    check_shape(NAME, "output", out, &[rows, inter])?;
+    #[cfg(feature = "cuda")]
+    if gate_up.is_cuda() {
+        return crate::cuda::ops::swiglu(gate_up, out);
+    }
+    let gu = gate_up.as_f32()?;
+    out.as_f32_mut()?.par_chunks_mut(inter).zip(gu.par_chunks(width)).for_each(|(o, row)| {
+        let (g, u) = row.split_at(inter);
+        for ((o, &x), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = x / (1.0 + (-x).exp()) * u;
         }
     });
     Ok(())
 }
 
-/// [`Op`] form: inputs `[gate, up]`, outputs `[out]`.
+/// [`Op`] form: inputs `[gate_up]`, outputs `[out]`.
 pub struct SwiGlu;
 
 impl Op for SwiGlu {
@@ -32,8 +39,8 @@ impl Op for SwiGlu {
     }
 
     fn forward(&self, ctx: &mut OpContext) -> Result<()> {
-        let (g, u) = (ctx.input(NAME, 0)?, ctx.input(NAME, 1)?);
-        swiglu(g, u, ctx.output(NAME, 0)?)
+        let gu = ctx.input(NAME, 0)?;
+        swiglu(gu, ctx.output(NAME, 0)?)
     }
 }
 
@@ -47,14 +54,14 @@ mod tests {
         let n = 9001;
         let g: Vec<f32> = (0..n).map(|i| (i as f32 - 4500.0) / 500.0).collect();
         let u: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
-        let (gt, ut) = (Tensor::from_f32(&[1, n], g.clone()).unwrap(), Tensor::from_f32(&[1, n], u.clone()).unwrap());
+        let gu = Tensor::from_f32(&[1, 2 * n], [g.clone(), u.clone()].concat()).unwrap();
         let mut out = Tensor::zeros(&[1, n], DType::F32);
-        swiglu(&gt, &ut, &mut out).unwrap();
+        SwiGlu.forward(&mut OpContext::new(&[&gu], &mut [&mut out])).unwrap();
         for i in 0..n {
             let x = g[i] as f64;
             let want = x / (1.0 + (-x).exp()) * u[i] as f64;
             assert!((out.as_f32().unwrap()[i] as f64 - want).abs() < 1e-5 * (1.0 + want.abs()));
         }
-        assert!(swiglu(&gt, &Tensor::zeros(&[1, 3], DType::F32), &mut out).is_err());
+        assert!(swiglu(&gu, &mut Tensor::zeros(&[1, 3], DType::F32)).is_err());
     }
 }

@@ -225,6 +225,20 @@ impl Tensor {
         }
     }
 
+    /// A new tensor holding rows `start..start + n` of a 2-D tensor (same dtype and device).
+    pub fn copy_rows(&self, start: usize, n: usize) -> Result<Tensor> {
+        let (rows, cols) = self.dims2("copy_rows")?;
+        if start + n > rows {
+            return Err(Error::InvalidArgument(format!("rows {start}..{} of a {rows}-row tensor", start + n)));
+        }
+        let (a, b) = (start * cols, (start + n) * cols);
+        match self.data() {
+            TensorData::F32(s) => Tensor::from_f32(&[n, cols], s[a..b].to_vec()),
+            TensorData::BF16(s) => Tensor::from_bf16(&[n, cols], s[a..b].to_vec()),
+            TensorData::F16(s) => Tensor::from_f16(&[n, cols], s[a..b].to_vec()),
+        }
+    }
+
     /// All elements widened to f32 (a copy; for tests and small tensors).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         let d = self.data();

@@ -39,11 +39,11 @@ impl Avx512Bf16 {
 }
 
 /// Row tile height; the width is 4.
-pub(super) const RT: usize = 6;
-pub(super) const CT: usize = 4;
+const RT: usize = 6;
+const CT: usize = 4;
 
 /// Weight element loads widened to 16 f32 lanes.
-trait Load: Copy {
+pub(crate) trait Load: Copy + Sync {
     /// Loads 16 elements at `p`. Caller: AVX-512 F/BW/VL available, `p..p+16` readable.
     unsafe fn load(p: *const Self) -> __m512;
     /// Loads the elements selected by `m` (zero elsewhere). Caller: as `load` for selected lanes.
@@ -116,7 +116,7 @@ fn hsum4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
 /// Writes the `R x C` tile of accumulators, reduced, to `out[r * C + c]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) fn store_tile<const R: usize, const C: usize>(acc: &[[__m512; C]; R], out: &mut [f32]) {
+fn store_tile<const R: usize, const C: usize>(acc: &[[__m512; C]; R], out: &mut [f32]) {
     let out = &mut out[..R * C];
     for r in 0..R {
         if C == 4 {

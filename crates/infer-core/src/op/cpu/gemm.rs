@@ -18,6 +18,12 @@ use super::kernel::{Kernel, MAX_TILE, Weight};
 
 /// Maximum k elements per panel (the panel and an `RMAX x KC` activation block stay in L2/L1).
 const KC: usize = 1024;
+/// As [`KC`] for the packed AVX-512 f32 kernel.
+#[cfg(target_arch = "x86_64")]
+const KC_F32: usize = 512;
+/// As [`KC`] for the packed AVX-512 bf16-pair kernel.
+#[cfg(target_arch = "x86_64")]
+const KC_BF16: usize = 1024;
 /// Target bytes of one converted weight panel (fits in L2 alongside the activation block).
 const PANEL_BYTES: usize = 128 * 1024;
 /// Below this many multiply-adds a call runs on the calling thread.
@@ -186,10 +192,40 @@ fn blocked<X, W, V, Conv, Tile>(
     });
 }
 
-/// Fast bf16 prefill (AVX512_BF16): activations rounded to bf16 once, bf16 weight panels
-/// copied (not converted) and multiplied with `vdpbf16ps`.
+/// Prefill on AVX-512 with f32 activations: weight panels widened to f32 and packed once,
+/// outer-product micro-kernel (see `avx512_gemm`).
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn gemm_bf16dot(
+pub(crate) fn gemm_packed_f32<W: super::avx512::Load>(
+    cpu: super::avx512::Avx512,
+    x: &[f32],
+    w: &[W],
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    use super::avx512_gemm::{micro_f32, pack_f32, pad_rows, padded_stride};
+    let stride = padded_stride(k);
+    let mut xp = vec![0.0f32; m * stride];
+    pad_rows(x, m, k, &mut xp);
+    let b = packed_blocking(m, n, k, KC_F32, size_of::<f32>());
+    packed(
+        &xp,
+        stride,
+        1,
+        w,
+        out,
+        (m, n, k),
+        b,
+        |rows, ks, panel| pack_f32(cpu, w, k, rows, ks, panel),
+        |xs, p, u, o, acc| micro_f32(cpu, xs, p, u, o, acc),
+    );
+}
+
+/// Fast bf16 prefill (AVX512_BF16): activations rounded to bf16 once, bf16 weight panels
+/// packed as pairs (no widening) and multiplied with `vdpbf16ps`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemm_packed_bf16dot(
     cpu: super::avx512::Avx512Bf16,
     x: &[f32],
     w: &[half::bf16],
@@ -198,17 +234,88 @@ pub(crate) fn gemm_bf16dot(
     n: usize,
     k: usize,
 ) {
-    use super::avx512_bf16::{CMAX, RMAX, dots, round_to_bf16};
-    let mut xb = vec![half::bf16::ZERO; m * k];
-    round_to_bf16(cpu, x, &mut xb);
-    let b = blocking(RMAX, CMAX, size_of::<half::bf16>(), m, n, k);
-    blocked(
-        &xb,
+    use super::avx512_gemm::{micro_bf16, pack_bf16_pairs, padded_stride, round_pairs};
+    let stride = padded_stride(k.div_ceil(2));
+    let mut xp = vec![0u32; m * stride];
+    round_pairs(cpu, x, m, k, &mut xp);
+    let b = packed_blocking(m, n, k, KC_BF16, size_of::<half::bf16>());
+    packed(
+        &xp,
+        stride,
+        2,
         w,
         out,
         (m, n, k),
         b,
-        |src, dst: &mut [half::bf16]| dst.copy_from_slice(src),
-        |xs, ws, kl, acc| dots(cpu, xs, ws, kl, acc),
+        |rows, ks, panel| pack_bf16_pairs(cpu, w, k, rows, ks, panel),
+        |xs, p, u, o, acc| micro_bf16(cpu, xs, p, u, o, acc),
     );
+}
+
+#[cfg(target_arch = "x86_64")]
+fn packed_blocking(m: usize, n: usize, k: usize, kc: usize, elem_bytes: usize) -> Blocking {
+    use super::avx512_gemm::{MR, NR};
+    let env = |n: &str, d: usize| std::env::var(n).ok().and_then(|v| v.parse().ok()).unwrap_or(d); // TUNE
+    let kc = k.min(env(if elem_bytes == 4 { "T_KC" } else { "T_KCB" }, kc)).max(1);
+    let kc = round_up(kc, 2);
+    let panel_rows = round_up((env("T_PB", PANEL_BYTES) / (kc * elem_bytes)).max(1), NR);
+    let block_cols = block_cols(m, n, k, panel_rows, panel_rows);
+    Blocking { rmax: MR, cmax: NR, kc, panel_rows, block_cols }
+}
+
+/// Packed driver: `pack((row0, cols), (k0, kl), panel)` packs weight rows into micro-panels of
+/// `NR` columns over `units = ceil(kl / per_unit)` k-units; `micro(xs, panel, units, out, acc)`
+/// runs one `xs.len() x out[0].len()` tile. `x` rows have `x_stride` units.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn packed<X, W, P, Pack, Micro>(
+    x: &[X],
+    x_stride: usize,
+    per_unit: usize,
+    w: &[W],
+    out: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    b: Blocking,
+    pack: Pack,
+    micro: Micro,
+) where
+    X: Sync,
+    P: Copy + Default + Send,
+    Pack: Fn((usize, usize), (usize, usize), &mut [P]) + Sync + Send,
+    Micro: Fn(&[&[X]], &[P], usize, &mut [&mut [f32]], bool) + Sync + Send,
+{
+    use super::avx512_gemm::{MR, NR, panel_len};
+    debug_assert!(w.len() >= n * k && x.len() >= m * x_stride && out.len() >= m * n);
+    par_col_blocks(out, m, n, b.block_cols, |c0, rows| {
+        let ncols = rows.first().map_or(0, |r| r.len());
+        let mut panel = vec![P::default(); panel_len(b.panel_rows.min(ncols), b.kc.div_ceil(per_unit))];
+        let mut xs: [&[X]; MR] = [&[]; MR];
+        for k0 in (0..k).step_by(b.kc) {
+            let kl = b.kc.min(k - k0);
+            let (u0, units) = (k0 / per_unit, kl.div_ceil(per_unit));
+            for p0 in (0..ncols).step_by(b.panel_rows) {
+                let pl = b.panel_rows.min(ncols - p0);
+                if std::env::var("T_NOPACK").is_err() || (p0 == 0 && k0 == 0) {
+                    pack((c0 + p0, pl), (k0, kl), &mut panel);
+                } // TUNE
+                if std::env::var("T_NOMICRO").is_ok() {
+                    continue;
+                } // TUNE
+                for r0 in (0..m).step_by(MR) {
+                    let rl = MR.min(m - r0);
+                    for (i, slot) in xs.iter_mut().enumerate().take(rl) {
+                        *slot = &x[(r0 + i) * x_stride + u0..(r0 + i) * x_stride + u0 + units];
+                    }
+                    for j in (0..pl).step_by(NR) {
+                        let cl = NR.min(pl - j);
+                        let mut outs: [&mut [f32]; MR] = Default::default();
+                        for (o, row) in outs.iter_mut().zip(rows[r0..r0 + rl].iter_mut()) {
+                            *o = &mut row[p0 + j..p0 + j + cl];
+                        }
+                        micro(&xs[..rl], &panel[(j / NR) * units * NR..], units, &mut outs[..rl], k0 > 0);
+                    }
+                }
+            }
+        }
+    });
 }

@@ -3,7 +3,7 @@
 //!
 //! Kernel families are picked at runtime ([`simd`]): AVX-512 (F/BW/VL + FMA), AVX2 (+ FMA,
 //! F16C), or portable Rust; non-x86 targets compile the portable path only. All `unsafe`
-//! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_bf16.rs`, `avx2.rs` and `vec.rs`;
+//! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_gemm.rs`, `avx2.rs` and `vec.rs`;
 //! the drivers in `gemm.rs` are safe code over bounds-checked slices.
 
 mod gemm;
@@ -16,7 +16,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
-mod avx512_bf16;
+mod avx512_gemm;
 
 pub use simd::{Isa, fast_bf16, isa, set_fast_bf16};
 pub use vec::{axpy_f32, dot_f32};
@@ -68,21 +68,25 @@ pub(crate) fn matmul_with(
         out.fill(0.0);
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512
+        && m > GEMV_MAX_ROWS
+        && let Some(cpu) = avx512::Avx512::new()
+    {
+        let bf16dot = if fast { avx512::Avx512Bf16::new() } else { None };
+        match (w, bf16dot) {
+            (TensorData::BF16(w), Some(bf)) => gemm::gemm_packed_bf16dot(bf, x, w, out, m, n, k),
+            (TensorData::BF16(w), None) => gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
+            (TensorData::F32(w), _) => gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
+            (TensorData::F16(w), _) => gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
+        }
+        return;
+    }
+    let _ = fast;
     match w {
         TensorData::F32(w) => dispatch(isa, x, w, out, m, n, k),
         TensorData::F16(w) => dispatch(isa, x, w, out, m, n, k),
-        TensorData::BF16(w) => {
-            #[cfg(target_arch = "x86_64")]
-            if fast
-                && isa >= Isa::Avx512
-                && m > GEMV_MAX_ROWS
-                && let Some(cpu) = avx512::Avx512Bf16::new()
-            {
-                return gemm::gemm_bf16dot(cpu, x, w, out, m, n, k);
-            }
-            let _ = fast;
-            dispatch(isa, x, w, out, m, n, k)
-        }
+        TensorData::BF16(w) => dispatch(isa, x, w, out, m, n, k),
     }
 }
 
