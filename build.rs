@@ -93,10 +93,14 @@ mod cuda {
         }
         println!("cargo:rerun-if-changed={}", kernels.join("include/infer_kernels.h").display());
 
+        if std::env::var_os("NVCC").is_none() {
+            // SAFETY: the build script is single-threaded here (before cc starts any jobs), so
+            // no other thread reads the environment concurrently. cc finds nvcc through `NVCC`.
+            unsafe { std::env::set_var("NVCC", home.join("bin/nvcc")) };
+        }
         let mut b = cc::Build::new();
         b.cuda(true)
             .cudart("static")
-            .compiler(home.join("bin/nvcc"))
             .include(kernels.join("include"))
             .include(&kernels)
             .flag("-O3")
@@ -129,7 +133,7 @@ mod cuda {
             .allowlist_function("cudaGetErrorString")
             .allowlist_function("cudaSetDevice")
             .allowlist_type("cudaError.*")
-            .default_enum_style(bindgen::EnumVariation::Rust { non_exhaustive: true })
+            .default_enum_style(bindgen::EnumVariation::NewType { is_bitfield: false, is_global: false })
             .layout_tests(false)
             .generate()
             .expect("bindgen can parse kernels/include/infer_kernels.h (needs libclang: apt-get install libclang-dev)");

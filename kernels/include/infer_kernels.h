@@ -35,7 +35,7 @@ cudaError_t infer_add_rms_norm_bf16(float *x, const void *delta, const void *wei
                                     float eps, cudaStream_t stream);
 
 /* Skinny matmul for decode: out[m, n] = x[m, k] . w[n, k]^T, bf16 inputs, f32 accumulation,
- * m in 1..=8. out is bf16, or f32 when out_f32 != 0 (LM head logits). k % 8 == 0 required
+ * any m >= 1 (m > 8 runs a tensor-core GEMM). out is bf16, or f32 when out_f32 != 0 (LM head logits). k % 8 == 0 and 16-byte aligned x, w required
  * (16-byte vector loads). Must reach most of HBM bandwidth for n*k*2 bytes of weights. */
 cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, int m, int n, int k, int out_f32,
                             cudaStream_t stream);

@@ -20,6 +20,9 @@ pub enum Storage {
         start: usize,
         len: usize,
     },
+    /// Device memory of a CUDA GPU.
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaStorage),
 }
 
 impl Storage {
@@ -38,6 +41,8 @@ impl Storage {
             Storage::BF16(v) => v.len() * 2,
             Storage::F16(v) => v.len() * 2,
             Storage::Mapped { len, .. } => *len,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(c) => c.len() * c.dtype().size_of(),
         }
     }
 
@@ -45,13 +50,15 @@ impl Storage {
         matches!(self, Storage::Mapped { .. })
     }
 
-    /// The raw bytes (for mapped storage, the file window).
-    pub fn bytes(&self) -> &[u8] {
+    /// The raw bytes of host storage (for mapped storage, the file window); `None` on a device.
+    pub fn bytes(&self) -> Option<&[u8]> {
         match self {
-            Storage::F32(v) => bytemuck::cast_slice(v),
-            Storage::BF16(v) => bytemuck::cast_slice(v),
-            Storage::F16(v) => bytemuck::cast_slice(v),
-            Storage::Mapped { map, start, len } => &map[*start..*start + *len],
+            Storage::F32(v) => Some(bytemuck::cast_slice(v)),
+            Storage::BF16(v) => Some(bytemuck::cast_slice(v)),
+            Storage::F16(v) => Some(bytemuck::cast_slice(v)),
+            Storage::Mapped { map, start, len } => Some(&map[*start..*start + *len]),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => None,
         }
     }
 }

@@ -1,1 +1,11 @@
-//! CUDA backend (FFI to kernels/), filled in by the CUDA issue.
+//! CUDA backend (feature `cuda`): the device context (cudarc: driver, stream, cuBLASLt), device
+//! storage, our kernels from `kernels/` (bindgen FFI) and the per-op device implementations
+//! that `crate::op` dispatches to. This module is the only place with `unsafe` FFI calls.
+
+pub mod device;
+pub mod ffi;
+pub mod ops;
+pub mod storage;
+
+pub use device::{CudaDevice, DeviceI32, device};
+pub use storage::{CudaData, CudaStorage};

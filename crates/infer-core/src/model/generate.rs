@@ -226,14 +226,31 @@ impl Llama3 {
         let mut decoder = StreamDecoder::new(true);
         let mut stops = StopScanner { stops: &opts.stop, emitted: 0 };
         let mut hit_stop_string = false;
+        let sc = &opts.sampler;
+        // Greedy without penalties needs no logits on the host: the GPU's argmax picks the id.
+        let greedy_fast = sc.is_greedy()
+            && sc.repetition_penalty == 1.0
+            && sc.presence_penalty == 0.0
+            && sc.frequency_penalty == 0.0
+            && !self.device.is_cpu();
         let t1 = Instant::now();
+        let mut next: Option<u32> = None;
         while g.ids.len() < opts.max_new_tokens {
-            let id = sampler.sample(&mut logits, &context)?;
+            let id = match next.take() {
+                Some(id) => id,
+                None => sampler.sample(&mut logits, &context)?,
+            };
             g.ids.push(id);
             context.push(id);
             if !opts.ignore_eos && self.eos_ids.contains(&id) {
                 g.finish_reason = FinishReason::Stop;
                 break;
+            }
+            let more = g.ids.len() < opts.max_new_tokens;
+            let pos = context.len() - 1;
+            if more && greedy_fast {
+                // Plain greedy on a GPU: queue the next step now, detokenize while it runs.
+                self.greedy_launch(id, pos)?;
             }
             g.text.push_str(&decoder.push(&self.tokenizer, id)?);
             let (delta, stopped) = stops.scan(&mut g.text, false);
@@ -241,15 +258,21 @@ impl Llama3 {
                 on_text(&delta);
             }
             if stopped {
+                if more && greedy_fast {
+                    self.greedy_wait()?; // leave no step in flight
+                }
                 g.finish_reason = FinishReason::Stop;
                 hit_stop_string = true;
                 break;
             }
-            if g.ids.len() == opts.max_new_tokens {
+            if !more {
                 break;
             }
-            let pos = context.len() - 1;
-            logits.copy_from_slice(self.forward_tokens(&[id], pos, false)?.as_f32()?);
+            if greedy_fast {
+                next = Some(self.greedy_wait()?);
+            } else {
+                logits.copy_from_slice(self.forward_tokens(&[id], pos, false)?.as_f32()?);
+            }
             g.decode_tokens += 1;
         }
         g.decode_ms = t1.elapsed().as_secs_f64() * 1e3;

@@ -1,7 +1,7 @@
 //! The key/value cache: per layer `[n_kv_heads, context, head_dim]` f32, preallocated for the
 //! chosen context length (never for `max_position_embeddings` unless asked).
 
-use crate::base::{Error, Result};
+use crate::base::{DeviceType, Error, Result};
 use crate::tensor::{DType, Tensor};
 
 const NAME: &str = "kv_cache";
@@ -16,15 +16,18 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize, context: usize) -> Self {
+    /// f32 on the CPU, bf16 on a GPU.
+    pub fn new(
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        context: usize,
+        device: DeviceType,
+    ) -> Result<Self> {
         let shape = [n_kv_heads, context, head_dim];
-        KvCache {
-            k: (0..n_layers).map(|_| Tensor::zeros(&shape, DType::F32)).collect(),
-            v: (0..n_layers).map(|_| Tensor::zeros(&shape, DType::F32)).collect(),
-            n_kv_heads,
-            head_dim,
-            context,
-        }
+        let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
+        let mk = || (0..n_layers).map(|_| Tensor::zeros_on(&shape, dtype, device)).collect::<Result<Vec<_>>>();
+        Ok(KvCache { k: mk()?, v: mk()?, n_kv_heads, head_dim, context })
     }
 
     pub fn context(&self) -> usize {
@@ -33,7 +36,7 @@ impl KvCache {
 
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
-        2 * self.k.len() * self.n_kv_heads * self.context * self.head_dim * 4
+        self.k.iter().chain(&self.v).map(|t| t.storage_bytes()).sum()
     }
 
     /// Layer `layer`'s `(k, v)` caches.
@@ -61,7 +64,7 @@ impl KvCache {
         let (k, v) = self.layer(layer)?;
         let (hd, ctx, n) = (self.head_dim, self.context, end - start);
         let copy = |t: &Tensor| -> Result<Tensor> {
-            let src = t.as_f32()?;
+            let src = t.to_f32_vec()?;
             let mut out = Vec::with_capacity(self.n_kv_heads * n * hd);
             for h in 0..self.n_kv_heads {
                 out.extend_from_slice(&src[(h * ctx + start) * hd..(h * ctx + end) * hd]);
@@ -78,7 +81,7 @@ mod tests {
 
     #[test]
     fn slice_per_head() {
-        let mut c = KvCache::new(2, 2, 3, 5); // 2 layers, 2 heads, head_dim 3, ctx 5
+        let mut c = KvCache::new(2, 2, 3, 5, DeviceType::Cpu).unwrap(); // 2 layers, 2 heads, head_dim 3, ctx 5
         let (k, v) = c.layer_mut(1).unwrap();
         k.as_f32_mut().unwrap().iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
         v.as_f32_mut().unwrap().iter_mut().enumerate().for_each(|(i, x)| *x = -(i as f32));

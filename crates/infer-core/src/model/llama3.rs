@@ -14,7 +14,8 @@ use super::sampler::{SamplerConfig, from_generation_config};
 use super::tokenizer::{HfTokenizer, Tokenizer};
 use super::{Model, workspace::Workspace};
 use crate::base::{DeviceType, Error, Result};
-use crate::op::{Positions, add_rms_norm::add_rms_norm, attention::attention, embedding::embedding};
+use crate::op::embedding::{Ids, embedding_ids};
+use crate::op::{Positions, add_rms_norm::add_rms_norm, attention::attention};
 use crate::op::{linear::linear, matmul::matmul, rope::RopeTable, rope_kv::rope_kv, swiglu::swiglu};
 use crate::tensor::{DType, Tensor};
 
@@ -102,7 +103,10 @@ pub struct Llama3 {
     pub(crate) dir: PathBuf,
     pub(crate) device: DeviceType,
     pub(crate) weights: Weights,
-    _store: WeightStore,
+    /// The mapped files behind CPU weights (dropped once weights are uploaded to a GPU).
+    _store: Option<WeightStore>,
+    #[cfg(feature = "cuda")]
+    gpu: Option<super::gpu::GpuState>,
     pub(crate) tokenizer: HfTokenizer,
     pub(crate) chat_template: Option<ChatTemplate>,
     pub(crate) generation_defaults: SamplerConfig,
@@ -112,6 +116,8 @@ pub struct Llama3 {
     ws: Workspace,
     /// Token ids whose K/V are in the cache, in order (enables prefix reuse across calls).
     pub(crate) cached_ids: Vec<u32>,
+    /// Result of a CPU `greedy_launch`, handed out by `greedy_wait`.
+    pending_greedy: Option<u32>,
     pub(crate) load_ms: f64,
 }
 
@@ -130,6 +136,9 @@ impl std::fmt::Debug for Llama3 {
 fn check_device(device: DeviceType) -> Result<()> {
     match device {
         DeviceType::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        DeviceType::Cuda(n) => crate::cuda::device(n).map(|_| ()),
+        #[cfg(not(feature = "cuda"))]
         DeviceType::Cuda(_) => Err(Error::DeviceUnavailable {
             device: device.to_string(),
             msg: if cfg!(feature = "cuda") {
@@ -187,16 +196,33 @@ impl Llama3 {
         eos_ids.sort_unstable();
         eos_ids.dedup();
         let bar = progress_bar(opts.progress, store.file_bytes());
-        store.prefault(|n| bar.inc(n));
+        let (weights, store) = if opts.device.is_cpu() {
+            store.prefault(|n| bar.inc(n));
+            (weights, Some(store))
+        } else {
+            #[cfg(feature = "cuda")]
+            let w = super::gpu::upload_weights(weights, opts.device, |n| bar.inc(n))?;
+            #[cfg(not(feature = "cuda"))]
+            let w = weights;
+            (w, None)
+        };
         bar.finish_and_clear();
         let rope = RopeTable::new(&config, context);
-        let cache = KvCache::new(config.num_hidden_layers, config.num_key_value_heads, config.head_dim, context);
-        let ws = Workspace::new(&config);
+        let (layers, kv_heads, hd) = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim);
+        let cache = KvCache::new(layers, kv_heads, hd, context, opts.device)?;
+        let ws = Workspace::new(&config, opts.device)?;
+        #[cfg(feature = "cuda")]
+        let gpu = match opts.device {
+            DeviceType::Cuda(n) => Some(super::gpu::GpuState::new(n, PREFILL_CHUNK, config.vocab_size)?),
+            DeviceType::Cpu => None,
+        };
         Ok(Llama3 {
             dir,
             device: opts.device,
             weights,
             _store: store,
+            #[cfg(feature = "cuda")]
+            gpu,
             tokenizer,
             chat_template,
             generation_defaults,
@@ -205,6 +231,7 @@ impl Llama3 {
             rope,
             ws,
             cached_ids: Vec::new(),
+            pending_greedy: None,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
             config,
         })
@@ -270,6 +297,13 @@ impl Llama3 {
         }
         let rows_out = if all_logits { ids.len() } else { 1 };
         self.ws.logits = Tensor::zeros(&[rows_out, self.config.vocab_size], DType::F32);
+        #[cfg(feature = "cuda")]
+        if ids.len() == 1 && !all_logits && self.gpu.is_some() {
+            self.decode_step_graph(ids[0], pos0, true)?;
+            self.cached_ids.truncate(pos0);
+            self.cached_ids.push(ids[0]);
+            return Ok(&self.ws.logits);
+        }
         for (c, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
             let start = c * PREFILL_CHUNK;
             self.forward_chunk(chunk, pos0 + start)?;
@@ -292,8 +326,22 @@ impl Llama3 {
         let eps = c.rms_norm_eps as f32;
         let ws = &mut self.ws;
         ws.resize(ids.len())?;
-        let pos = Positions::host(pos0);
-        embedding(ids, &self.weights.embed_tokens, &mut ws.x)?; // [seq, hidden] f32 residual stream
+        #[cfg(feature = "cuda")]
+        if let Some(g) = self.gpu.as_mut() {
+            let dev_ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+            g.ids.set(&dev_ids)?;
+            g.pos.set(&[pos0 as i32])?;
+            g.device_next = None;
+        }
+        #[cfg(feature = "cuda")]
+        let (dev_pos, dev_ids) = match self.gpu.as_ref() {
+            Some(g) => (Some(&g.pos), Some(&g.ids)),
+            None => (None, None),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let (dev_pos, dev_ids) = (None, None);
+        let pos = Positions { start: pos0, device: dev_pos };
+        embedding_ids(&Ids { host: ids, device: dev_ids }, &self.weights.embed_tokens, &mut ws.x)?; // [seq, hidden] f32
         for (l, w) in self.weights.layers.iter().enumerate() {
             // The previous layer's MLP output joins the residual stream here.
             let delta = (l > 0).then_some(&ws.delta);
@@ -319,10 +367,157 @@ impl Llama3 {
         let vocab = self.config.vocab_size;
         let rows = ws.h.copy_rows(seq - rows_n, rows_n)?; // [rows, hidden]
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
-        let mut out = Tensor::zeros(&[rows_n, vocab], DType::F32);
+        let mut out = Tensor::zeros_on(&[rows_n, vocab], DType::F32, self.device)?;
         matmul(&rows, head, &mut out)?; // [rows, vocab]
+        let out = out.to_host()?;
         ws.logits.as_f32_mut()?[out_row * vocab..(out_row + rows_n) * vocab].copy_from_slice(out.as_f32()?);
         Ok(())
+    }
+
+    /// Starts the greedy step of `id` at `pos` ([`Llama3::greedy_wait`] returns its result). On a
+    /// GPU this only queues work, so the caller can detokenize meanwhile; on the CPU it computes.
+    pub fn greedy_launch(&mut self, id: u32, pos: usize) -> Result<()> {
+        if pos + 1 > self.cache.context() {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: pos + 1,
+                max_new_tokens: 0,
+                context_length: self.cache.context(),
+            });
+        }
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            self.decode_launch(id, pos)?;
+            self.cached_ids.truncate(pos);
+            self.cached_ids.push(id);
+            self.pending_greedy = None;
+            return Ok(());
+        }
+        self.pending_greedy = Some(self.next_token_greedy(id, pos)?);
+        Ok(())
+    }
+
+    /// The next id of the step started by [`Llama3::greedy_launch`].
+    pub fn greedy_wait(&mut self) -> Result<u32> {
+        if let Some(id) = self.pending_greedy.take() {
+            return Ok(id);
+        }
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            return self.decode_outputs(false);
+        }
+        Err(Error::InvalidArgument("greedy_wait without greedy_launch".into()))
+    }
+
+    /// Feeds `id` at position `pos` and returns the most likely next token. On a GPU the argmax
+    /// runs on the device and only the id crosses to the host.
+    pub fn next_token_greedy(&mut self, id: u32, pos: usize) -> Result<u32> {
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            if pos + 1 > self.cache.context() {
+                return Err(Error::ContextOverflow {
+                    prompt_tokens: pos + 1,
+                    max_new_tokens: 0,
+                    context_length: self.cache.context(),
+                });
+            }
+            let next = self.decode_step_graph(id, pos, false)?;
+            self.cached_ids.truncate(pos);
+            self.cached_ids.push(id);
+            return Ok(next);
+        }
+        let logits = self.forward_tokens(&[id], pos, false)?;
+        crate::op::argmax::argmax(logits.as_f32()?)
+    }
+
+    /// One decode step on a GPU: the first runs eagerly (sizing scratch buffers), the second is
+    /// captured as a CUDA graph, later ones replay it with the new position and id. Returns the
+    /// greedy next id; the logits are copied to the host only when `want_logits`.
+    #[cfg(feature = "cuda")]
+    fn decode_step_graph(&mut self, id: u32, pos: usize, want_logits: bool) -> Result<u32> {
+        self.decode_launch(id, pos)?;
+        self.decode_outputs(want_logits)
+    }
+
+    /// Queues one decode step of `id` at `pos` on the GPU stream without waiting for it.
+    #[cfg(feature = "cuda")]
+    fn decode_launch(&mut self, id: u32, pos: usize) -> Result<()> {
+        self.ws.resize(1)?;
+        let capacity = self.ws.capacity;
+        let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        if g.graph.as_ref().is_some_and(|(_, cap)| *cap != capacity) {
+            g.graph = None; // the workspace was reallocated since the capture
+        }
+        // The previous step's argmax already left its id in device memory.
+        if g.device_next != Some(id) {
+            g.ids.set(&[id as i32])?;
+        }
+        g.pos.set(&[pos as i32])?;
+        g.device_next = None;
+        if g.graph.is_none() {
+            let capture = g.eager_steps > 0;
+            g.eager_steps += 1;
+            if capture {
+                g.begin_capture()?;
+            }
+            let run = self.decode_ops(id, pos);
+            let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+            if !capture {
+                return run;
+            }
+            // End the capture even when an op failed, so the stream is usable again.
+            let ended = g.end_capture(capacity);
+            run?;
+            ended?;
+        }
+        let g = self.gpu.as_ref().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        g.launch()
+    }
+
+    /// The decode step's ops (what the graph captures): layers, final norm, LM head into the
+    /// GPU state's logits buffer.
+    #[cfg(feature = "cuda")]
+    fn decode_ops(&mut self, id: u32, pos: usize) -> Result<()> {
+        self.forward_layers_dev(id, pos)?;
+        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
+        let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        matmul(&self.ws.h, head, &mut g.logits)?; // [1, vocab] f32
+        crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids) // next id, read by the next step's embedding
+    }
+
+    #[cfg(feature = "cuda")]
+    fn forward_layers_dev(&mut self, id: u32, pos0: usize) -> Result<()> {
+        let c = &self.config;
+        let eps = c.rms_norm_eps as f32;
+        let ws = &mut self.ws;
+        let g = self.gpu.as_ref().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        let pos = Positions { start: pos0, device: Some(&g.pos) };
+        embedding_ids(&Ids { host: &[id], device: Some(&g.ids) }, &self.weights.embed_tokens, &mut ws.x)?;
+        for (l, w) in self.weights.layers.iter().enumerate() {
+            let delta = (l > 0).then_some(&ws.delta);
+            add_rms_norm(&mut ws.x, delta, &w.input_layernorm, eps, &mut ws.h)?;
+            linear(&ws.h, &w.qkv_proj, &mut ws.qkv)?;
+            let (kc, vc) = self.cache.layer_mut(l)?;
+            rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?;
+            attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?;
+            matmul(&ws.att, &w.o_proj, &mut ws.delta)?;
+            add_rms_norm(&mut ws.x, Some(&ws.delta), &w.post_attention_layernorm, eps, &mut ws.h)?;
+            linear(&ws.h, &w.gate_up_proj, &mut ws.gate_up)?;
+            swiglu(&ws.gate_up, &mut ws.act)?;
+            matmul(&ws.act, &w.down_proj, &mut ws.delta)?;
+        }
+        add_rms_norm(&mut ws.x, Some(&ws.delta), &self.weights.norm, eps, &mut ws.h)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn decode_outputs(&mut self, want_logits: bool) -> Result<u32> {
+        let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        let next = g.ids.first()? as u32;
+        g.device_next = Some(next);
+        if want_logits {
+            let host = g.logits.to_host()?;
+            self.ws.logits.as_f32_mut()?.copy_from_slice(host.as_f32()?);
+        }
+        Ok(next)
     }
 }
 

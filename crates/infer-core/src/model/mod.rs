@@ -4,6 +4,8 @@ pub mod chat;
 pub mod config;
 pub mod detokenizer;
 pub mod generate;
+#[cfg(feature = "cuda")]
+mod gpu;
 pub mod kv_cache;
 pub mod llama3;
 mod pyfmt;

@@ -2,14 +2,17 @@
 //! viewed at the current chunk length.
 
 use super::config::LlamaConfig;
-use crate::base::Result;
+use crate::base::{DeviceType, Result};
 use crate::tensor::{DType, Tensor};
 
 #[derive(Debug)]
 pub(crate) struct Workspace {
     /// Row widths of the buffers below, in field order (x, h, qkv, q, att, delta, gate_up, act).
     widths: [usize; 8],
-    capacity: usize,
+    pub capacity: usize,
+    device: DeviceType,
+    /// Activation dtype: f32 on the CPU, bf16 on a GPU (the residual stream `x` is always f32).
+    act_dtype: DType,
     pub x: Tensor,       // [seq, hidden] f32 residual stream
     pub h: Tensor,       // [seq, hidden] normed activations
     pub qkv: Tensor,     // [seq, (n_heads + 2 n_kv_heads) * head_dim]
@@ -22,8 +25,9 @@ pub(crate) struct Workspace {
 }
 
 impl Workspace {
-    pub fn new(c: &LlamaConfig) -> Self {
-        let z = |w| Tensor::zeros(&[0, w], DType::F32);
+    pub fn new(c: &LlamaConfig, device: DeviceType) -> Result<Self> {
+        let act = if device.is_cpu() { DType::F32 } else { DType::BF16 };
+        let z = |w, dtype| Tensor::zeros_on(&[0, w], dtype, device);
         let widths = [
             c.hidden_size,
             c.hidden_size,
@@ -34,19 +38,21 @@ impl Workspace {
             2 * c.intermediate_size,
             c.intermediate_size,
         ];
-        Workspace {
+        Ok(Workspace {
             widths,
             capacity: 0,
-            x: z(widths[0]),
-            h: z(widths[1]),
-            qkv: z(widths[2]),
-            q: z(widths[3]),
-            att: z(widths[4]),
-            delta: z(widths[5]),
-            gate_up: z(widths[6]),
-            act: z(widths[7]),
-            logits: z(c.vocab_size),
-        }
+            device,
+            act_dtype: act,
+            x: z(widths[0], DType::F32)?,
+            h: z(widths[1], act)?,
+            qkv: z(widths[2], act)?,
+            q: z(widths[3], act)?,
+            att: z(widths[4], act)?,
+            delta: z(widths[5], act)?,
+            gate_up: z(widths[6], act)?,
+            act: z(widths[7], act)?,
+            logits: Tensor::zeros(&[0, c.vocab_size], DType::F32),
+        })
     }
 
     /// Views every buffer at `seq` rows, growing the storage when needed.
@@ -62,9 +68,10 @@ impl Workspace {
             &mut self.gate_up,
             &mut self.act,
         ];
-        for (t, &w) in bufs.into_iter().zip(&self.widths) {
+        for (i, (t, &w)) in bufs.into_iter().zip(&self.widths).enumerate() {
             if grow {
-                *t = Tensor::zeros(&[seq, w], DType::F32);
+                let dtype = if i == 0 { DType::F32 } else { self.act_dtype };
+                *t = Tensor::zeros_on(&[seq, w], dtype, self.device)?;
             } else {
                 t.reshape(&[seq, w])?;
             }

@@ -1,19 +1,42 @@
 //! Token embedding lookup: rows of the `[vocab, hidden]` table, widened to f32.
 
-use super::{Op, OpContext, check_shape};
+use super::{DevicePositions, Op, OpContext, check_shape};
 use crate::base::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
 const NAME: &str = "embedding";
 
+/// Token ids: on the host, and on a GPU optionally already in device memory (a captured CUDA
+/// graph reads the id the previous step's argmax wrote there).
+#[derive(Debug, Clone, Copy)]
+pub struct Ids<'a> {
+    pub host: &'a [u32],
+    pub device: Option<&'a DevicePositions>,
+}
+
 /// `out[i, :] = table[ids[i], :]`; `table` is `[vocab, hidden]` (f32/bf16/f16), `out` `[ids.len(), hidden]` f32.
 pub fn embedding(ids: &[u32], table: &Tensor, out: &mut Tensor) -> Result<()> {
+    embedding_ids(&Ids { host: ids, device: None }, table, out)
+}
+
+/// [`embedding`] with ids that may already be in device memory.
+pub fn embedding_ids(ids: &Ids, table: &Tensor, out: &mut Tensor) -> Result<()> {
     let (vocab, hidden) = table.dims2(NAME)?;
+    #[cfg(feature = "cuda")]
+    if let (Some(d), true) = (ids.device, table.is_cuda()) {
+        check_shape(NAME, "output", out, &[ids.host.len(), hidden])?;
+        return crate::cuda::ops::embedding_dev(d, ids.host.len(), table, out);
+    }
+    let ids = ids.host;
     check_shape(NAME, "output", out, &[ids.len(), hidden])?;
     if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
         return Err(Error::op(NAME, format!("token id {bad} is out of range for a vocabulary of {vocab}")));
     }
-    let table = table.data();
+    #[cfg(feature = "cuda")]
+    if table.is_cuda() {
+        return crate::cuda::ops::embedding(ids, table, out);
+    }
+    let table = table.data()?;
     let out = out.as_f32_mut()?;
     for (row, &id) in out.chunks_exact_mut(hidden).zip(ids) {
         table.copy_to_f32(id as usize * hidden, row);

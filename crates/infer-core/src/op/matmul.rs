@@ -2,7 +2,7 @@
 //!
 //! Weights use the PyTorch Linear layout `[out_features, in_features]` and are read in place
 //! (f32, bf16 or f16, possibly a read-only memory map): never widened as a whole. The kernels
-//! live in [`op::cpu`](super::cpu); the active instruction set is [`cpu::isa`](super::cpu::isa).
+//! live in [`op::cpu`](super::cpu); the active instruction set is [`cpu::isa`].
 
 use super::{Op, OpContext, cpu};
 use crate::base::{Error, Result};
@@ -33,6 +33,10 @@ pub fn matmul(x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
         want.push(n);
         return Err(Error::op(NAME, format!("out has shape {os:?}, expected {want:?} for x {xs:?} and w {ws:?}")));
     }
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return crate::cuda::ops::matmul(x, w, out);
+    }
     if x.dtype() != DType::F32 || out.dtype() != DType::F32 {
         return Err(Error::op(
             NAME,
@@ -49,7 +53,7 @@ pub fn matmul(x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
     }
     let m: usize = lead.iter().product();
     let x = x.as_f32()?;
-    let w = w.data();
+    let w = w.data()?;
     let os = os.to_vec();
     let out = out.as_f32_mut().map_err(|e| Error::op(NAME, format!("out {os:?}: {e}")))?;
     cpu::matmul_nt(x, w, out, m, n, k)
@@ -95,7 +99,7 @@ mod tests {
             DType::F16 => Tensor::from_f16(&[n, k], v.iter().map(|&f| f16::from_f32(f)).collect()),
         }
         .unwrap();
-        let exact = t.to_f32_vec();
+        let exact = t.to_f32_vec().unwrap();
         (t, exact)
     }
 
@@ -136,7 +140,7 @@ mod tests {
                     let (w, wf) = weights(dtype, n, k, (n * 7 + k) as u64);
                     let (want, scale) = reference(&x, &wf, m, n, k);
                     let mut out = vec![f32::NAN; m * n];
-                    cpu::matmul_with(isa, false, &x, w.data(), &mut out, m, n, k);
+                    cpu::matmul_with(isa, false, &x, w.data().unwrap(), &mut out, m, n, k);
                     check(&out, &want, &scale, 1e-5, &format!("{isa:?} {dtype} m={m} n={n} k={k}"));
                 }
             }
@@ -154,7 +158,7 @@ mod tests {
             let (w, wf) = weights(DType::BF16, n, k, (n + k) as u64);
             let (want, scale) = reference(&x, &wf, m, n, k);
             let mut out = vec![f32::NAN; m * n];
-            cpu::matmul_with(simd::Isa::Avx512, true, &x, w.data(), &mut out, m, n, k);
+            cpu::matmul_with(simd::Isa::Avx512, true, &x, w.data().unwrap(), &mut out, m, n, k);
             check(&out, &want, &scale, 4e-3, &format!("bf16dot m={m} n={n} k={k}"));
         }
     }
@@ -163,7 +167,8 @@ mod tests {
     fn op_form_and_leading_dims() {
         let (m, n, k) = (6, 9, 40);
         let x = Tensor::from_f32(&[2, 3, k], fill(m * k, 3)).unwrap();
-        let (w, wf) = weights(DType::BF16, n, k, 4);
+        // f16 weights: unaffected by an opt-in RUSTINFER_FAST_BF16=1 in the environment.
+        let (w, wf) = weights(DType::F16, n, k, 4);
         let mut out = Tensor::zeros(&[2, 3, n], DType::F32);
         MatMul.forward(&mut OpContext::new(&[&x, &w], &mut [&mut out])).unwrap();
         let (want, scale) = reference(x.as_f32().unwrap(), &wf, m, n, k);
@@ -190,7 +195,7 @@ mod tests {
         assert!(e.contains("must be f32"), "{e}");
         let e = msg(matmul(&x, &w, &mut Tensor::zeros(&[2, 4], DType::F16)));
         assert!(e.contains("must be f32"), "{e}");
-        let e = msg(cpu::matmul_nt(&[0.0; 3], w.data(), &mut [0.0; 8], 2, 4, 8));
+        let e = msg(cpu::matmul_nt(&[0.0; 3], w.data().unwrap(), &mut [0.0; 8], 2, 4, 8));
         assert!(e.contains("x has 3 elements"), "{e}");
     }
 }

@@ -48,13 +48,20 @@ impl<'a> OpContext<'a> {
     }
 }
 
-/// Where a chunk of tokens starts in the sequence: the host value, and on a GPU the same value
-/// in device memory (an `[1]` i32 tensor), which kernels read so that a captured CUDA graph can
-/// be replayed at a new position.
+/// The device-memory copy of a position (an i32 that kernels read).
+#[cfg(feature = "cuda")]
+pub type DevicePositions = crate::cuda::DeviceI32;
+/// Without the `cuda` feature there is no device copy.
+#[cfg(not(feature = "cuda"))]
+pub type DevicePositions = std::convert::Infallible;
+
+/// Where a chunk of tokens starts in the sequence: the host value, and on a GPU optionally the
+/// same value in device memory, which kernels read so that a captured CUDA graph can be
+/// replayed at a new position (without it, GPU ops upload `start` themselves).
 #[derive(Debug, Clone, Copy)]
 pub struct Positions<'a> {
     pub start: usize,
-    pub device: Option<&'a Tensor>,
+    pub device: Option<&'a DevicePositions>,
 }
 
 impl Positions<'_> {

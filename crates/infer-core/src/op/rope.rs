@@ -16,6 +16,9 @@ pub struct RopeTable {
     max_pos: usize,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The interleaved (cos, sin) table on a GPU, uploaded on first use.
+    #[cfg(feature = "cuda")]
+    device: std::sync::OnceLock<crate::cuda::CudaStorage>,
 }
 
 /// The inverse frequencies `[head_dim / 2]`, after the config's scaling (computed in f64).
@@ -60,7 +63,14 @@ impl RopeTable {
                 sin[p * half + i] = a.sin() as f32;
             }
         }
-        RopeTable { head_dim: cfg.head_dim, max_pos, cos, sin }
+        RopeTable {
+            head_dim: cfg.head_dim,
+            max_pos,
+            cos,
+            sin,
+            #[cfg(feature = "cuda")]
+            device: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn max_pos(&self) -> usize {
@@ -74,6 +84,20 @@ impl RopeTable {
     /// `[max_pos, head_dim / 2, 2]` interleaved (cos, sin), the layout of the CUDA kernel's table.
     pub fn cos_sin_interleaved(&self) -> Vec<f32> {
         self.cos.iter().zip(&self.sin).flat_map(|(c, s)| [*c, *s]).collect()
+    }
+
+    /// The interleaved table in `dev`'s memory (uploaded once).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn device_cos_sin(
+        &self,
+        dev: &std::sync::Arc<crate::cuda::CudaDevice>,
+    ) -> Result<&crate::cuda::CudaStorage> {
+        if let Some(t) = self.device.get().filter(|t| t.dev.ordinal == dev.ordinal) {
+            return Ok(t);
+        }
+        let t = crate::cuda::ops::upload_cos_sin(dev, &self.cos_sin_interleaved())?;
+        let _ = self.device.set(t);
+        self.device.get().ok_or_else(|| Error::op(NAME, "rope table upload failed"))
     }
 }
 

@@ -125,7 +125,16 @@ impl Tensor {
     }
 
     pub fn device(&self) -> DeviceType {
-        DeviceType::Cpu
+        match &self.storage {
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(c) => DeviceType::Cuda(c.dev.ordinal),
+            _ => DeviceType::Cpu,
+        }
+    }
+
+    /// True when the elements live in GPU memory.
+    pub fn is_cuda(&self) -> bool {
+        !self.device().is_cpu()
     }
 
     pub fn dtype(&self) -> DType {
@@ -181,34 +190,43 @@ impl Tensor {
         Ok(())
     }
 
-    /// Typed read access to the first `numel` elements.
-    pub fn data(&self) -> TensorData<'_> {
+    /// Typed read access to the first `numel` elements of a host tensor (an error on a GPU).
+    pub fn data(&self) -> Result<TensorData<'_>> {
         let n = self.numel();
-        match (&self.storage, self.dtype) {
+        Ok(match (&self.storage, self.dtype) {
             (Storage::F32(v), _) => TensorData::F32(&v[..n]),
             (Storage::BF16(v), _) => TensorData::BF16(&v[..n]),
             (Storage::F16(v), _) => TensorData::F16(&v[..n]),
-            (Storage::Mapped { .. }, dtype) => {
+            (Storage::Mapped { map, start, .. }, dtype) => {
                 // Alignment and bounds were checked in `from_mapped`; `cast_slice` re-checks both.
-                let bytes = &self.storage.bytes()[..n * dtype.size_of()];
+                let bytes = &map[*start..*start + n * dtype.size_of()];
                 match dtype {
                     DType::F32 => TensorData::F32(bytemuck::cast_slice(bytes)),
                     DType::BF16 => TensorData::BF16(bytemuck::cast_slice(bytes)),
                     DType::F16 => TensorData::F16(bytemuck::cast_slice(bytes)),
                 }
             }
-        }
+            #[cfg(feature = "cuda")]
+            (Storage::Cuda(_), _) => {
+                return Err(Error::InvalidArgument(format!(
+                    "a {} tensor {:?} on {} has no host data (copy it with to_host)",
+                    self.dtype,
+                    self.shape,
+                    self.device()
+                )));
+            }
+        })
     }
 
     pub fn as_f32(&self) -> Result<&[f32]> {
-        match self.data() {
+        match self.data()? {
             TensorData::F32(s) => Ok(s),
             _ => Err(self.dtype_error(DType::F32)),
         }
     }
 
     pub fn as_bf16(&self) -> Result<&[bf16]> {
-        match self.data() {
+        match self.data()? {
             TensorData::BF16(s) => Ok(s),
             _ => Err(self.dtype_error(DType::BF16)),
         }
@@ -218,6 +236,7 @@ impl Tensor {
     pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
         let n = self.numel();
         let kind = if self.storage.is_mapped() { "read-only mapped" } else { "owned" };
+        let kind = if self.is_cuda() { "device" } else { kind };
         let dtype = self.dtype;
         match &mut self.storage {
             Storage::F32(v) => Ok(&mut v[..n]),
@@ -232,23 +251,117 @@ impl Tensor {
             return Err(Error::InvalidArgument(format!("rows {start}..{} of a {rows}-row tensor", start + n)));
         }
         let (a, b) = (start * cols, (start + n) * cols);
-        match self.data() {
+        #[cfg(feature = "cuda")]
+        if let Storage::Cuda(src) = &self.storage {
+            let mut out = Tensor::zeros_on(&[n, cols], self.dtype, self.device())?;
+            out.cuda_storage_mut()?.copy_from(0, src, a, b - a)?;
+            return Ok(out);
+        }
+        match self.data()? {
             TensorData::F32(s) => Tensor::from_f32(&[n, cols], s[a..b].to_vec()),
             TensorData::BF16(s) => Tensor::from_bf16(&[n, cols], s[a..b].to_vec()),
             TensorData::F16(s) => Tensor::from_f16(&[n, cols], s[a..b].to_vec()),
         }
     }
 
-    /// All elements widened to f32 (a copy; for tests and small tensors).
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        let d = self.data();
+    /// All elements widened to f32 (a copy; for tests and small tensors). Device tensors are
+    /// downloaded first.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        if self.is_cuda() {
+            return self.to_host()?.to_f32_vec();
+        }
+        let d = self.data()?;
         let mut out = vec![0.0; d.len()];
         d.copy_to_f32(0, &mut out);
-        out
+        Ok(out)
+    }
+
+    /// A zero-filled tensor on `device` (host tensors for `Cpu`).
+    pub fn zeros_on(shape: &[usize], dtype: DType, device: DeviceType) -> Result<Self> {
+        match device {
+            DeviceType::Cpu => Ok(Self::zeros(shape, dtype)),
+            #[cfg(feature = "cuda")]
+            DeviceType::Cuda(n) => {
+                let dev = crate::cuda::device(n)?;
+                let storage = Storage::Cuda(crate::cuda::CudaStorage::zeros(&dev, dtype, shape.iter().product())?);
+                Ok(Tensor { storage, dtype, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceType::Cuda(_) => Err(no_cuda(device)),
+        }
+    }
+
+    /// A copy on `device` in `dtype` (on CUDA f32 or bf16; other dtypes are converted once).
+    pub fn to_device_as(&self, device: DeviceType, dtype: DType) -> Result<Self> {
+        match device {
+            DeviceType::Cpu => {
+                let host = if self.is_cuda() { self.to_host()? } else { self.clone() };
+                if host.dtype == dtype {
+                    return Ok(host);
+                }
+                let v = host.to_f32_vec()?;
+                match dtype {
+                    DType::F32 => Tensor::from_f32(&self.shape, v),
+                    DType::BF16 => Tensor::from_bf16(&self.shape, v.into_iter().map(bf16::from_f32).collect()),
+                    DType::F16 => Tensor::from_f16(&self.shape, v.into_iter().map(f16::from_f32).collect()),
+                }
+            }
+            #[cfg(feature = "cuda")]
+            DeviceType::Cuda(n) => {
+                if dtype == DType::F16 {
+                    return Err(Error::InvalidArgument("CUDA tensors are f32 or bf16".into()));
+                }
+                let host = if self.is_cuda() { self.to_host()? } else { self.clone() };
+                let dev = crate::cuda::device(n)?;
+                let storage = Storage::Cuda(crate::cuda::CudaStorage::upload(&dev, host.data()?, dtype == DType::F32)?);
+                Ok(Tensor { storage, dtype, shape: self.shape.clone(), strides: self.strides.clone() })
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceType::Cuda(_) => Err(no_cuda(device)),
+        }
+    }
+
+    /// A host copy (device tensors are downloaded; host tensors are cloned).
+    pub fn to_host(&self) -> Result<Self> {
+        match &self.storage {
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(c) => {
+                let storage = c.download(self.numel())?;
+                Ok(Tensor { storage, dtype: self.dtype, shape: self.shape.clone(), strides: self.strides.clone() })
+            }
+            _ => Ok(self.clone()),
+        }
+    }
+
+    /// The device storage of a CUDA tensor.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_storage(&self) -> Result<&crate::cuda::CudaStorage> {
+        match &self.storage {
+            Storage::Cuda(c) => Ok(c),
+            _ => Err(Error::InvalidArgument(format!("expected a CUDA tensor, got a host {} tensor", self.dtype))),
+        }
+    }
+
+    /// The device storage of a CUDA tensor, writable.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_storage_mut(&mut self) -> Result<&mut crate::cuda::CudaStorage> {
+        let dtype = self.dtype;
+        match &mut self.storage {
+            Storage::Cuda(c) => Ok(c),
+            _ => Err(Error::InvalidArgument(format!("expected a CUDA tensor, got a host {dtype} tensor"))),
+        }
     }
 
     fn dtype_error(&self, want: DType) -> Error {
         Error::InvalidArgument(format!("expected a {want} tensor, got {} with shape {:?}", self.dtype, self.shape))
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn no_cuda(device: DeviceType) -> Error {
+    Error::DeviceUnavailable {
+        device: device.to_string(),
+        msg: "this build has no CUDA support (rebuild with `--features cuda`)".into(),
     }
 }
 
@@ -269,7 +382,8 @@ mod tests {
     #[test]
     fn widen_bf16() {
         let t = Tensor::from_bf16(&[2], vec![bf16::from_f32(1.5), bf16::from_f32(-2.0)]).unwrap();
-        assert_eq!(t.to_f32_vec(), vec![1.5, -2.0]);
+        assert_eq!(t.to_f32_vec().unwrap(), vec![1.5, -2.0]);
+        assert!(t.to_device_as(DeviceType::Cpu, DType::F32).unwrap().as_f32().is_ok());
         assert!(t.as_f32().is_err());
     }
 }

@@ -5,8 +5,13 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// `tests/fixtures` of the repo (`RUSTINFER_FIXTURES` overrides it, for test binaries run
+/// from another checkout, e.g. on a GPU machine).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
+    match std::env::var_os("RUSTINFER_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures")),
+    }
 }
 
 pub fn tiny_dir() -> PathBuf {

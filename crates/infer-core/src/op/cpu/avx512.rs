@@ -1,10 +1,12 @@
-//! AVX-512 kernels (F + BW + VL, FMA; optionally AVX512_BF16).
+//! AVX-512 dot-product kernels (F + BW + VL, FMA) for decode and small batches, plus the CPU
+//! feature tokens (the packed prefill kernels are in `avx512_gemm`).
 //!
 //! Tiles are `R x 4` (R <= 6 activation rows, 4 weight rows): 24 zmm accumulators, each k step
-//! loads 6 + 4 vectors for 24 FMAs. The 4 accumulators of a row are reduced together into one
-//! `__m128` (the 4 adjacent outputs). Weight vectors are widened in registers: bf16 by
-//! zero-extension and a 16-bit shift, f16 by `vcvtph2ps`. The k tail uses masked loads, which
-//! never touch memory past the mask.
+//! loads 6 + 4 vectors for 24 FMAs; with at most 2 rows (decode) tiles are `R x 8`, so 8
+//! weight rows stream from DRAM at once. Each group of 4 accumulators of a row is reduced
+//! together into one `__m128` (4 adjacent outputs). Weight vectors are widened in registers:
+//! bf16 by zero-extension and a 16-bit shift, f16 by `vcvtph2ps`. The k tail uses masked
+//! loads, which never touch memory past the mask.
 
 use std::arch::x86_64::*;
 
@@ -41,6 +43,8 @@ impl Avx512Bf16 {
 /// Row tile height; the width is 4.
 const RT: usize = 6;
 const CT: usize = 4;
+/// Weight rows per decode tile when at most 2 activation rows (more DRAM streams in flight).
+const WIDE: usize = 8;
 
 /// Weight element loads widened to 16 f32 lanes.
 pub(crate) trait Load: Copy + Sync {
@@ -119,12 +123,14 @@ fn hsum4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
 fn store_tile<const R: usize, const C: usize>(acc: &[[__m512; C]; R], out: &mut [f32]) {
     let out = &mut out[..R * C];
     for r in 0..R {
-        if C == 4 {
-            let s = hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
-            let mut v = [0.0f32; 4];
-            // SAFETY: `v` has 4 f32 = 16 bytes; unaligned store.
-            unsafe { _mm_storeu_ps(v.as_mut_ptr(), s) };
-            out[r * C..r * C + 4].copy_from_slice(&v);
+        if C.is_multiple_of(4) {
+            for g in (0..C).step_by(4) {
+                let s = hsum4(acc[r][g], acc[r][g + 1], acc[r][g + 2], acc[r][g + 3]);
+                let mut v = [0.0f32; 4];
+                // SAFETY: `v` has 4 f32 = 16 bytes; unaligned store.
+                unsafe { _mm_storeu_ps(v.as_mut_ptr(), s) };
+                out[r * C + g..r * C + g + 4].copy_from_slice(&v);
+            }
         } else {
             for c in 0..C {
                 out[r * C + c] = _mm512_reduce_add_ps(acc[r][c]);
@@ -182,12 +188,21 @@ unsafe fn tile<const R: usize, const C: usize, W: Load>(
 /// Bounds-checks the rows and runs the `R x C` tile (`C` = 4 or 1 column at a time).
 fn run<const R: usize, W: Load>(_cpu: Avx512, x: &[&[f32]], w: &[&[W]], k: usize, out: &mut [f32]) {
     let c_all = w.len();
-    assert!(x.len() == R && (1..=CT).contains(&c_all) && out.len() >= R * c_all, "bad avx512 tile");
+    let cmax = if R <= 2 { WIDE } else { CT };
+    assert!(x.len() == R && (1..=cmax).contains(&c_all) && out.len() >= R * c_all, "bad avx512 tile");
     let mut xp = [std::ptr::null::<f32>(); R];
     for (p, row) in xp.iter_mut().zip(x) {
         *p = row[..k].as_ptr();
     }
-    if c_all == CT {
+    if R <= 2 && c_all == WIDE {
+        let mut wp = [std::ptr::null::<W>(); WIDE];
+        for (p, row) in wp.iter_mut().zip(w) {
+            *p = row[..k].as_ptr();
+        }
+        // SAFETY: `_cpu` proves the CPU features (tokens are only built after detection);
+        // every row was sliced to `k` elements above.
+        unsafe { tile::<R, WIDE, W>(&xp, &wp, k, out) };
+    } else if c_all == CT {
         let wp = [w[0][..k].as_ptr(), w[1][..k].as_ptr(), w[2][..k].as_ptr(), w[3][..k].as_ptr()];
         // SAFETY: `_cpu` proves the CPU features (tokens are only built after detection);
         // every row was sliced to `k` elements above.
@@ -238,6 +253,10 @@ impl Kernel for Avx512 {
     const RMAX: usize = RT;
     const CMAX: usize = CT;
 
+    fn gemv_cols(m: usize) -> usize {
+        if m <= 2 { WIDE } else { CT }
+    }
+
     fn dots_f32(self, x: &[&[f32]], w: &[&[f32]], k: usize, out: &mut [f32]) {
         dots(self, x, w, k, out)
     }
@@ -257,4 +276,4 @@ impl Kernel for Avx512 {
     }
 }
 
-const _: () = assert!(RT * CT <= MAX_TILE);
+const _: () = assert!(RT * CT <= MAX_TILE && 2 * WIDE <= MAX_TILE);

@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 use half::bf16;
 
 use super::avx512::{Avx512, Avx512Bf16, Load};
+use super::kernel::padded_stride;
 
 /// Columns per micro-panel (two zmm).
 pub(crate) const NR: usize = 32;
@@ -21,20 +22,6 @@ pub(crate) const MR: usize = 12;
 /// Length of a packed panel of `cols` weight rows over `units` k-units (elements or pairs).
 pub(crate) fn panel_len(cols: usize, units: usize) -> usize {
     cols.div_ceil(NR) * units * NR
-}
-
-/// Row stride (in 4-byte units) for a copy of rows of `units`: an odd multiple of 64 bytes, so
-/// the [`MR`] rows a micro-kernel reads map to distinct L1 sets (a 4 KiB multiple would alias).
-pub(crate) fn padded_stride(units: usize) -> usize {
-    let s = units.div_ceil(16) * 16;
-    if (s / 16) % 2 == 0 { s + 16 } else { s }
-}
-
-/// Copies the `[m, k]` rows of `x` into `out` with row stride `padded_stride(k)`.
-pub(crate) fn pad_rows(x: &[f32], m: usize, k: usize, out: &mut [f32]) {
-    for (src, dst) in x.chunks_exact(k).zip(out.chunks_mut(padded_stride(k))).take(m) {
-        dst[..k].copy_from_slice(src);
-    }
 }
 
 /// Rounds the `[m, k]` f32 rows of `x` to bf16 (nearest even) as u32 pairs: row `r` of `out`
@@ -117,6 +104,8 @@ pub(crate) fn pack_f32<W: Load>(
     unsafe { pack_f32_impl(w, k, row0, cols, k0, kl, panel) }
 }
 
+/// # Safety
+/// AVX-512 F/BW/VL must be available and the bounds asserted by [`pack_f32`] must hold.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn pack_f32_impl<W: Load>(w: &[W], k: usize, row0: usize, cols: usize, k0: usize, kl: usize, panel: &mut [f32]) {
     let dst = panel.as_mut_ptr();
@@ -159,6 +148,8 @@ pub(crate) fn pack_bf16_pairs(
     unsafe { pack_pairs_impl(w, k, row0, cols, k0, kl, panel) }
 }
 
+/// # Safety
+/// AVX-512 F/BW/VL must be available and the bounds asserted by [`pack_bf16_pairs`] must hold.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn pack_pairs_impl(w: &[bf16], k: usize, row0: usize, cols: usize, k0: usize, kl: usize, panel: &mut [u32]) {
     let kp = kl.div_ceil(2);
@@ -188,6 +179,9 @@ unsafe fn pack_pairs_impl(w: &[bf16], k: usize, row0: usize, cols: usize, k0: us
 }
 
 /// Stores (or adds, if `acc_out`) an `R x 32` tile to `out[r][..cols]`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL must be available and each `out[r]` must have `cols <= 32` writable f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn store<const R: usize>(acc: &[[__m512; 2]; R], out: &[*mut f32; R], cols: usize, acc_out: bool) {

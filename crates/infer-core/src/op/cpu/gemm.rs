@@ -4,47 +4,38 @@
 //! Work is split over blocks of output columns (= weight rows) with rayon, so each thread
 //! streams its own weight rows and writes its own columns of every output row.
 //!
-//! * [`gemv`] (decode, `m <= RMAX`): memory-bound. Each weight row is read once, widened to
-//!   f32 in registers and multiplied with all `m` activation rows; several weight rows are
-//!   in flight at once (independent accumulators, several DRAM streams).
-//! * [`gemm`] (prefill): compute-bound. A panel of weight rows × `KC` columns is converted once
-//!   into a cache-resident buffer (f32, or bf16 for the fast path), then every block of
-//!   `RMAX` activation rows runs register tiles against it. Panels are contiguous, so the tile
-//!   loads are sequential and TLB-friendly.
+//! * [`gemv`] (decode, a few rows): memory-bound. Each weight row is read once, widened to f32
+//!   in registers and dotted with all `m` activation rows; several weight rows are in flight
+//!   (independent accumulators, several DRAM streams).
+//! * [`gemm`] (a few to a few dozen rows, or no AVX-512): a panel of weight rows × `KC` is
+//!   widened once into an f32 buffer, then register tiles of dot products run against it.
+//! * [`gemm_packed_f32`] / [`gemm_packed_bf16dot`] (prefill on AVX-512): panels are packed
+//!   k-major (transposed) once, and an outer-product micro-kernel keeps a 12 × 32 output tile
+//!   in registers, BLIS style; see `avx512_gemm`.
+//!
+//! Activation copies and panels use [`padded_stride`] so the rows a tile reads together do
+//! not alias in L1 (a 4 KiB row stride, as for k = 1024 f32 or 2048 bf16, would).
 
 use rayon::prelude::*;
 
-use super::kernel::{Kernel, MAX_TILE, Weight};
+use super::kernel::{Kernel, MAX_TILE, Weight, padded_stride};
 
-/// Maximum k elements per panel (the panel and an `RMAX x KC` activation block stay in L2/L1).
+/// k elements per f32 panel in [`gemm`].
 const KC: usize = 1024;
-/// As [`KC`] for the packed AVX-512 f32 kernel.
+/// k elements per panel of the packed f32 kernel.
 #[cfg(target_arch = "x86_64")]
-const KC_F32: usize = 512;
-/// As [`KC`] for the packed AVX-512 bf16-pair kernel.
+const KC_PACKED_F32: usize = 1024;
+/// k elements per panel of the packed bf16-pair kernel.
 #[cfg(target_arch = "x86_64")]
-const KC_BF16: usize = 1024;
-/// Target bytes of one converted weight panel (fits in L2 alongside the activation block).
-const PANEL_BYTES: usize = 128 * 1024;
+const KC_PACKED_BF16: usize = 2048;
+/// Target bytes of one converted weight panel (stays in L2 while every row block uses it).
+const PANEL_BYTES: usize = 256 * 1024;
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_MACS: usize = 1 << 17;
+/// Smallest slice of weights worth a decode task of its own.
+const GEMV_MIN_TASK_BYTES: usize = 64 * 1024;
 /// Column blocks per thread, for load balance.
 const BLOCKS_PER_THREAD: usize = 4;
-
-/// How a gemm call is cut into blocks.
-#[derive(Clone, Copy, Debug)]
-struct Blocking {
-    /// Activation rows per register tile.
-    rmax: usize,
-    /// Weight rows per register tile.
-    cmax: usize,
-    /// k elements per panel.
-    kc: usize,
-    /// Weight rows per panel (multiple of `cmax`).
-    panel_rows: usize,
-    /// Output columns per parallel task (multiple of `panel_rows`).
-    block_cols: usize,
-}
 
 fn round_up(v: usize, to: usize) -> usize {
     v.div_ceil(to) * to
@@ -79,12 +70,23 @@ where
     }
 }
 
+/// `(stride, copy)`: the `[m, k]` rows of `x` copied with row stride [`padded_stride`]`(k)`.
+fn pad_rows(x: &[f32], m: usize, k: usize) -> (usize, Vec<f32>) {
+    let stride = padded_stride(k);
+    let mut out = vec![0.0; m * stride];
+    for (src, dst) in x.chunks_exact(k).zip(out.chunks_exact_mut(stride)).take(m) {
+        dst[..k].copy_from_slice(src);
+    }
+    (stride, out)
+}
+
 /// Decode: `m <= K::RMAX` rows, weights widened in registers. `x` is `[m, k]`, `w` is `[n, k]`,
 /// `out` is `[m, n]`.
 pub(crate) fn gemv<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
     debug_assert!(m <= K::RMAX && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
     let row_bytes = k * size_of::<W>();
-    let nb = block_cols(m, n, k, K::CMAX, (64 * 1024usize).div_ceil(row_bytes.max(1)));
+    let cols = K::gemv_cols(m);
+    let nb = block_cols(m, n, k, cols, GEMV_MIN_TASK_BYTES.div_ceil(row_bytes.max(1)));
     let mut xr: [&[f32]; MAX_TILE] = [&[]; MAX_TILE];
     for (r, slot) in xr.iter_mut().enumerate().take(m) {
         *slot = &x[r * k..(r + 1) * k];
@@ -94,8 +96,8 @@ pub(crate) fn gemv<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut 
         let ncols = rows.first().map_or(0, |r| r.len());
         let mut acc = [0.0f32; MAX_TILE];
         let mut wr: [&[W]; MAX_TILE] = [&[]; MAX_TILE];
-        for cg in (0..ncols).step_by(K::CMAX) {
-            let cl = K::CMAX.min(ncols - cg);
+        for cg in (0..ncols).step_by(cols) {
+            let cl = cols.min(ncols - cg);
             for (j, slot) in wr.iter_mut().enumerate().take(cl) {
                 let row = c0 + cg + j;
                 *slot = &w[row * k..(row + 1) * k];
@@ -108,77 +110,44 @@ pub(crate) fn gemv<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut 
     });
 }
 
-/// Prefill with f32 activations: weight panels are converted to f32 once, then reused by all
-/// `m` rows.
+/// Blocked dot-product matmul: weight panels are widened to f32 once per `KC` slice, then
+/// `RMAX x CMAX` tiles of dot products run against them for every row block.
 pub(crate) fn gemm<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
-    let b = blocking(K::RMAX, K::CMAX, size_of::<f32>(), m, n, k);
-    blocked(
-        x,
-        w,
-        out,
-        (m, n, k),
-        b,
-        |src, dst| W::widen(kern, src, dst),
-        |xs, ws, kl, acc| kern.dots_f32(xs, ws, kl, acc),
-    );
-}
-
-fn blocking(rmax: usize, cmax: usize, elem_bytes: usize, m: usize, n: usize, k: usize) -> Blocking {
-    let env = |n: &str, d: usize| std::env::var(n).ok().and_then(|v| v.parse().ok()).unwrap_or(d); // TUNE
-    let kc = k.min(env("T_KC", KC) / elem_bytes * 4).max(1);
-    let panel_rows = round_up((env("T_PB", PANEL_BYTES) / (kc * elem_bytes)).max(1), cmax);
-    let block_cols = block_cols(m, n, k, panel_rows, panel_rows);
-    Blocking { rmax, cmax, kc, panel_rows, block_cols }
-}
-
-/// Generic blocked driver. `conv` copies/converts one weight row segment into the panel
-/// buffer; `tile(xs, ws, kl, acc)` computes `acc[r * ws.len() + c] = Σ xs[r]·ws[c]` over `kl`.
-fn blocked<X, W, V, Conv, Tile>(
-    x: &[X],
-    w: &[W],
-    out: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    b: Blocking,
-    conv: Conv,
-    tile: Tile,
-) where
-    X: Sync,
-    W: Sync,
-    V: Copy + Default + Send,
-    Conv: Fn(&[W], &mut [V]) + Sync + Send,
-    Tile: Fn(&[&[X]], &[&[V]], usize, &mut [f32]) + Sync + Send,
-{
-    debug_assert!(b.rmax * b.cmax <= MAX_TILE && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
-    par_col_blocks(out, m, n, b.block_cols, |c0, rows| {
+    debug_assert!(K::RMAX * K::CMAX <= MAX_TILE && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    let (xs_stride, xp) = pad_rows(x, m, k);
+    let kc = k.min(KC);
+    let ps = padded_stride(kc);
+    let panel_rows = round_up((PANEL_BYTES / (ps * 4)).max(1), K::CMAX);
+    let nb = block_cols(m, n, k, panel_rows, panel_rows);
+    par_col_blocks(out, m, n, nb, |c0, rows| {
         let ncols = rows.first().map_or(0, |r| r.len());
-        let mut panel = vec![V::default(); b.panel_rows.min(ncols) * b.kc];
+        let mut panel = vec![0.0f32; panel_rows.min(ncols) * ps];
         let mut acc = [0.0f32; MAX_TILE];
-        let mut xs: [&[X]; MAX_TILE] = [&[]; MAX_TILE];
-        for k0 in (0..k).step_by(b.kc) {
-            let kl = b.kc.min(k - k0);
-            for p0 in (0..ncols).step_by(b.panel_rows) {
-                let pl = b.panel_rows.min(ncols - p0);
-                for (j, dst) in panel.chunks_exact_mut(kl).take(pl).enumerate() {
+        let mut xs: [&[f32]; MAX_TILE] = [&[]; MAX_TILE];
+        for k0 in (0..k).step_by(kc) {
+            let kl = kc.min(k - k0);
+            for p0 in (0..ncols).step_by(panel_rows) {
+                let pl = panel_rows.min(ncols - p0);
+                for (j, dst) in panel.chunks_exact_mut(ps).take(pl).enumerate() {
                     let row = c0 + p0 + j;
-                    conv(&w[row * k + k0..row * k + k0 + kl], dst);
+                    W::widen(kern, &w[row * k + k0..row * k + k0 + kl], &mut dst[..kl]);
                 }
-                let mut ws: [&[V]; MAX_TILE] = [&[]; MAX_TILE];
-                for r0 in (0..m).step_by(b.rmax) {
-                    let rl = b.rmax.min(m - r0);
+                let mut ws: [&[f32]; MAX_TILE] = [&[]; MAX_TILE];
+                for r0 in (0..m).step_by(K::RMAX) {
+                    let rl = K::RMAX.min(m - r0);
                     for (i, slot) in xs.iter_mut().enumerate().take(rl) {
-                        let row = r0 + i;
-                        *slot = &x[row * k + k0..row * k + k0 + kl];
+                        let at = (r0 + i) * xs_stride + k0;
+                        *slot = &xp[at..at + kl];
                     }
-                    for cg in (0..pl).step_by(b.cmax) {
-                        let cl = b.cmax.min(pl - cg);
+                    for cg in (0..pl).step_by(K::CMAX) {
+                        let cl = K::CMAX.min(pl - cg);
                         for (j, slot) in ws.iter_mut().enumerate().take(cl) {
-                            *slot = &panel[(cg + j) * kl..(cg + j + 1) * kl];
+                            *slot = &panel[(cg + j) * ps..(cg + j) * ps + kl];
                         }
-                        tile(&xs[..rl], &ws[..cl], kl, &mut acc);
+                        kern.dots_f32(&xs[..rl], &ws[..cl], kl, &mut acc);
                         let col = p0 + cg;
                         for (i, out_row) in rows[r0..r0 + rl].iter_mut().enumerate() {
-                            let dst = &mut out_row[col..col + cl];
-                            let src = &acc[i * cl..(i + 1) * cl];
+                            let (dst, src) = (&mut out_row[col..col + cl], &acc[i * cl..(i + 1) * cl]);
                             if k0 == 0 {
                                 dst.copy_from_slice(src);
                             } else {
@@ -193,7 +162,7 @@ fn blocked<X, W, V, Conv, Tile>(
 }
 
 /// Prefill on AVX-512 with f32 activations: weight panels widened to f32 and packed once,
-/// outer-product micro-kernel (see `avx512_gemm`).
+/// outer-product micro-kernel.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn gemm_packed_f32<W: super::avx512::Load>(
     cpu: super::avx512::Avx512,
@@ -204,26 +173,22 @@ pub(crate) fn gemm_packed_f32<W: super::avx512::Load>(
     n: usize,
     k: usize,
 ) {
-    use super::avx512_gemm::{micro_f32, pack_f32, pad_rows, padded_stride};
-    let stride = padded_stride(k);
-    let mut xp = vec![0.0f32; m * stride];
-    pad_rows(x, m, k, &mut xp);
-    let b = packed_blocking(m, n, k, KC_F32, size_of::<f32>());
+    use super::avx512_gemm::{micro_f32, pack_f32};
+    let (stride, xp) = pad_rows(x, m, k);
+    let x = Rows { x: &xp, stride, per_unit: 1 };
     packed(
-        &xp,
-        stride,
-        1,
-        w,
+        x,
         out,
         (m, n, k),
-        b,
+        KC_PACKED_F32,
+        size_of::<f32>(),
         |rows, ks, panel| pack_f32(cpu, w, k, rows, ks, panel),
         |xs, p, u, o, acc| micro_f32(cpu, xs, p, u, o, acc),
     );
 }
 
 /// Fast bf16 prefill (AVX512_BF16): activations rounded to bf16 once, bf16 weight panels
-/// packed as pairs (no widening) and multiplied with `vdpbf16ps`.
+/// packed as k-pairs (no widening) and multiplied with `vdpbf16ps`.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn gemm_packed_bf16dot(
     cpu: super::avx512::Avx512Bf16,
@@ -234,48 +199,42 @@ pub(crate) fn gemm_packed_bf16dot(
     n: usize,
     k: usize,
 ) {
-    use super::avx512_gemm::{micro_bf16, pack_bf16_pairs, padded_stride, round_pairs};
+    use super::avx512_gemm::{micro_bf16, pack_bf16_pairs, round_pairs};
     let stride = padded_stride(k.div_ceil(2));
     let mut xp = vec![0u32; m * stride];
     round_pairs(cpu, x, m, k, &mut xp);
-    let b = packed_blocking(m, n, k, KC_BF16, size_of::<half::bf16>());
+    let x = Rows { x: &xp, stride, per_unit: 2 };
     packed(
-        &xp,
-        stride,
-        2,
-        w,
+        x,
         out,
         (m, n, k),
-        b,
+        KC_PACKED_BF16,
+        size_of::<half::bf16>(),
         |rows, ks, panel| pack_bf16_pairs(cpu, w, k, rows, ks, panel),
         |xs, p, u, o, acc| micro_bf16(cpu, xs, p, u, o, acc),
     );
 }
 
+/// Activation rows for [`packed`]: row `r` starts at `r * stride`; one unit covers `per_unit`
+/// k elements (1 for f32, 2 for bf16 pairs).
 #[cfg(target_arch = "x86_64")]
-fn packed_blocking(m: usize, n: usize, k: usize, kc: usize, elem_bytes: usize) -> Blocking {
-    use super::avx512_gemm::{MR, NR};
-    let env = |n: &str, d: usize| std::env::var(n).ok().and_then(|v| v.parse().ok()).unwrap_or(d); // TUNE
-    let kc = k.min(env(if elem_bytes == 4 { "T_KC" } else { "T_KCB" }, kc)).max(1);
-    let kc = round_up(kc, 2);
-    let panel_rows = round_up((env("T_PB", PANEL_BYTES) / (kc * elem_bytes)).max(1), NR);
-    let block_cols = block_cols(m, n, k, panel_rows, panel_rows);
-    Blocking { rmax: MR, cmax: NR, kc, panel_rows, block_cols }
+#[derive(Clone, Copy)]
+struct Rows<'a, X> {
+    x: &'a [X],
+    stride: usize,
+    per_unit: usize,
 }
 
 /// Packed driver: `pack((row0, cols), (k0, kl), panel)` packs weight rows into micro-panels of
-/// `NR` columns over `units = ceil(kl / per_unit)` k-units; `micro(xs, panel, units, out, acc)`
-/// runs one `xs.len() x out[0].len()` tile. `x` rows have `x_stride` units.
+/// `NR` columns over `units = ceil(kl / per_unit)`; `micro(xs, panel, units, out, acc)` runs
+/// one `xs.len() x out[0].len()` tile (adding to `out` when `acc`).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn packed<X, W, P, Pack, Micro>(
-    x: &[X],
-    x_stride: usize,
-    per_unit: usize,
-    w: &[W],
+fn packed<X, P, Pack, Micro>(
+    x: Rows<'_, X>,
     out: &mut [f32],
     (m, n, k): (usize, usize, usize),
-    b: Blocking,
+    kc: usize,
+    elem_bytes: usize,
     pack: Pack,
     micro: Micro,
 ) where
@@ -285,26 +244,24 @@ fn packed<X, W, P, Pack, Micro>(
     Micro: Fn(&[&[X]], &[P], usize, &mut [&mut [f32]], bool) + Sync + Send,
 {
     use super::avx512_gemm::{MR, NR, panel_len};
-    debug_assert!(w.len() >= n * k && x.len() >= m * x_stride && out.len() >= m * n);
-    par_col_blocks(out, m, n, b.block_cols, |c0, rows| {
+    let kc = round_up(k.min(kc), 2);
+    let panel_cols = round_up((PANEL_BYTES / (kc * elem_bytes)).max(1), NR);
+    let nb = block_cols(m, n, k, panel_cols, panel_cols);
+    par_col_blocks(out, m, n, nb, |c0, rows| {
         let ncols = rows.first().map_or(0, |r| r.len());
-        let mut panel = vec![P::default(); panel_len(b.panel_rows.min(ncols), b.kc.div_ceil(per_unit))];
+        let mut panel = vec![P::default(); panel_len(panel_cols.min(ncols), kc.div_ceil(x.per_unit))];
         let mut xs: [&[X]; MR] = [&[]; MR];
-        for k0 in (0..k).step_by(b.kc) {
-            let kl = b.kc.min(k - k0);
-            let (u0, units) = (k0 / per_unit, kl.div_ceil(per_unit));
-            for p0 in (0..ncols).step_by(b.panel_rows) {
-                let pl = b.panel_rows.min(ncols - p0);
-                if std::env::var("T_NOPACK").is_err() || (p0 == 0 && k0 == 0) {
-                    pack((c0 + p0, pl), (k0, kl), &mut panel);
-                } // TUNE
-                if std::env::var("T_NOMICRO").is_ok() {
-                    continue;
-                } // TUNE
+        for k0 in (0..k).step_by(kc) {
+            let kl = kc.min(k - k0);
+            let (u0, units) = (k0 / x.per_unit, kl.div_ceil(x.per_unit));
+            for p0 in (0..ncols).step_by(panel_cols) {
+                let pl = panel_cols.min(ncols - p0);
+                pack((c0 + p0, pl), (k0, kl), &mut panel);
                 for r0 in (0..m).step_by(MR) {
                     let rl = MR.min(m - r0);
                     for (i, slot) in xs.iter_mut().enumerate().take(rl) {
-                        *slot = &x[(r0 + i) * x_stride + u0..(r0 + i) * x_stride + u0 + units];
+                        let at = (r0 + i) * x.stride + u0;
+                        *slot = &x.x[at..at + units];
                     }
                     for j in (0..pl).step_by(NR) {
                         let cl = NR.min(pl - j);

@@ -18,6 +18,13 @@ pub(crate) trait Kernel: Copy + Send + Sync {
     /// Weight rows per full tile (smaller tiles are allowed too).
     const CMAX: usize;
 
+    /// Weight rows per tile in the decode kernel for `m` activation rows (`m * cols <=
+    /// MAX_TILE`; `dots_*` accept up to this many rows when `x.len() == m`).
+    fn gemv_cols(m: usize) -> usize {
+        let _ = m;
+        Self::CMAX
+    }
+
     /// Tile of dot products with f32 weights (see the module doc). Requires
     /// `1 <= x.len() <= RMAX`, `1 <= w.len() <= CMAX`, every slice at least `k` long and
     /// `out.len() >= x.len() * w.len()`; panics otherwise.
@@ -139,6 +146,13 @@ impl Kernel for Scalar {
         let n = dst.len();
         dst.iter_mut().zip(&src[..n]).for_each(|(d, s)| *d = s.to_f32());
     }
+}
+
+/// Row stride (in 4-byte elements) for copies of rows `len` long: an odd multiple of 64 bytes,
+/// so the rows a tile reads together map to distinct L1 sets (a 4 KiB multiple would alias).
+pub(crate) fn padded_stride(len: usize) -> usize {
+    let s = len.div_ceil(16) * 16;
+    if (s / 16).is_multiple_of(2) { s + 16 } else { s }
 }
 
 /// Portable dot product with 8 independent accumulators (over the shorter slice).

@@ -27,6 +27,11 @@ use kernel::{Kernel, Scalar, Weight};
 
 /// Row counts up to this use the decode kernel (weights widened in registers, no panel).
 const GEMV_MAX_ROWS: usize = 4;
+/// From this many rows on, the f32 path on AVX-512 uses the packed outer-product kernel (below,
+/// transposing the weight panels costs about what it saves). The opt-in bf16 path packs from
+/// `GEMV_MAX_ROWS + 1` rows, its doubled FLOP rate pays for the packing.
+#[cfg(target_arch = "x86_64")]
+const PACKED_MIN_ROWS: usize = 64;
 
 /// `out[i, j] = Σ_l x[i, l] · w[j, l]`: `x` is `[m, k]` f32, `w` is `[n, k]` (f32, bf16 or f16,
 /// read in place, never widened as a whole), `out` is `[m, n]` f32; all row-major.
@@ -74,13 +79,14 @@ pub(crate) fn matmul_with(
         && let Some(cpu) = avx512::Avx512::new()
     {
         let bf16dot = if fast { avx512::Avx512Bf16::new() } else { None };
+        let packed = m >= PACKED_MIN_ROWS;
         match (w, bf16dot) {
-            (TensorData::BF16(w), Some(bf)) => gemm::gemm_packed_bf16dot(bf, x, w, out, m, n, k),
-            (TensorData::BF16(w), None) => gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
-            (TensorData::F32(w), _) => gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
-            (TensorData::F16(w), _) => gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
+            (TensorData::BF16(w), Some(bf)) => return gemm::gemm_packed_bf16dot(bf, x, w, out, m, n, k),
+            (TensorData::BF16(w), None) if packed => return gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
+            (TensorData::F32(w), _) if packed => return gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
+            (TensorData::F16(w), _) if packed => return gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
+            _ => {}
         }
-        return;
     }
     let _ = fast;
     match w {

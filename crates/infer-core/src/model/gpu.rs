@@ -1,0 +1,116 @@
+//! What a model needs on a CUDA device beyond the shared forward pass: weights uploaded once
+//! (bf16, projections fused), positions/ids in device memory, and the decode step captured as a
+//! CUDA graph and replayed.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaGraph, sys};
+use half::bf16;
+
+use super::llama3::{LayerWeights, Weights};
+use crate::base::{DeviceType, Error, Result};
+use crate::cuda::{CudaDevice, DeviceI32, device::driver_err};
+use crate::tensor::{DType, Tensor};
+
+/// Device-side state of a model on a GPU.
+pub(crate) struct GpuState {
+    pub dev: Arc<CudaDevice>,
+    /// Start position of the current chunk (kernels read it).
+    pub pos: DeviceI32,
+    /// Token ids of the current chunk (up to the prefill chunk length).
+    pub ids: DeviceI32,
+    /// Logits of the decode step, `[1, vocab]` f32.
+    pub logits: Tensor,
+    /// The captured decode step and the workspace capacity it was captured with.
+    pub graph: Option<(CudaGraph, usize)>,
+    /// Decode steps run eagerly so far (the first one sizes scratch buffers before capture).
+    pub eager_steps: usize,
+    /// The id the last decode step's argmax left in `ids` (so the next step need not upload it).
+    pub device_next: Option<u32>,
+}
+
+impl GpuState {
+    pub fn new(ordinal: usize, chunk: usize, vocab: usize) -> Result<Self> {
+        let dev = crate::cuda::device(ordinal)?;
+        Ok(GpuState {
+            pos: DeviceI32::new(&dev, &[0])?,
+            ids: DeviceI32::new(&dev, &vec![0; chunk])?,
+            logits: Tensor::zeros_on(&[1, vocab], DType::F32, DeviceType::Cuda(ordinal))?,
+            graph: None,
+            eager_steps: 0,
+            device_next: None,
+            dev,
+        })
+    }
+
+    /// Starts capturing the stream's work into a graph.
+    pub fn begin_capture(&self) -> Result<()> {
+        self.dev
+            .stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| driver_err("begin graph capture", e))
+    }
+
+    /// Ends the capture and keeps the instantiated graph.
+    pub fn end_capture(&mut self, capacity: usize) -> Result<()> {
+        let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
+        let graph = self.dev.stream.end_capture(flags).map_err(|e| driver_err("end graph capture", e))?;
+        let graph = graph.ok_or_else(|| Error::op("cuda_graph", "stream capture produced no graph"))?;
+        self.graph = Some((graph, capacity));
+        Ok(())
+    }
+
+    pub fn launch(&self) -> Result<()> {
+        match &self.graph {
+            Some((g, _)) => g.launch().map_err(|e| driver_err("graph launch", e)),
+            None => Err(Error::op("cuda_graph", "no captured graph")),
+        }
+    }
+}
+
+/// Rows of several host tensors stacked into one bf16 tensor (fused projections).
+fn cat_rows_bf16(parts: &[Tensor]) -> Result<Tensor> {
+    let cols = parts.first().map(|p| p.shape()[1]).ok_or_else(|| Error::op("upload", "no parts"))?;
+    let rows: usize = parts.iter().map(|p| p.shape()[0]).sum();
+    let mut out: Vec<bf16> = Vec::with_capacity(rows * cols);
+    for p in parts {
+        match p.data()? {
+            crate::tensor::TensorData::BF16(s) => out.extend_from_slice(s),
+            other => {
+                let mut v = vec![0f32; other.len()];
+                other.copy_to_f32(0, &mut v);
+                out.extend(v.into_iter().map(bf16::from_f32));
+            }
+        }
+    }
+    Tensor::from_bf16(&[rows, cols], out)
+}
+
+/// Uploads the weights to the GPU once: bf16 everywhere (f32/f16 checkpoints converted here),
+/// q/k/v and gate/up fused into one matrix each.
+pub(crate) fn upload_weights(w: Weights, device: DeviceType, mut progress: impl FnMut(u64)) -> Result<Weights> {
+    let up = |t: &Tensor| t.to_device_as(device, DType::BF16);
+    let mut layers = Vec::with_capacity(w.layers.len());
+    for l in &w.layers {
+        let layer = LayerWeights {
+            input_layernorm: up(&l.input_layernorm)?,
+            qkv_proj: vec![up(&cat_rows_bf16(&l.qkv_proj)?)?],
+            o_proj: up(&l.o_proj)?,
+            post_attention_layernorm: up(&l.post_attention_layernorm)?,
+            gate_up_proj: vec![up(&cat_rows_bf16(&l.gate_up_proj)?)?],
+            down_proj: up(&l.down_proj)?,
+        };
+        let bytes = [&l.o_proj, &l.down_proj].iter().map(|t| t.storage_bytes() as u64).sum::<u64>()
+            + l.qkv_proj.iter().chain(&l.gate_up_proj).map(|t| t.storage_bytes() as u64).sum::<u64>();
+        progress(bytes);
+        layers.push(layer);
+    }
+    let out = Weights {
+        embed_tokens: up(&w.embed_tokens)?,
+        layers,
+        norm: up(&w.norm)?,
+        lm_head: w.lm_head.as_ref().map(up).transpose()?,
+    };
+    progress(w.embed_tokens.storage_bytes() as u64);
+    Ok(out)
+}

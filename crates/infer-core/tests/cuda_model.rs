@@ -1,0 +1,188 @@
+//! The model on a GPU: tiny-llama3 against the float64 reference, CPU vs CUDA logits on a
+//! Llama-3.2-1B-shaped model (`RUSTINFER_MODEL`), and the seed's CUDA benchmark
+//! (`cargo test --release --features cuda test_llama3_cuda_performance -- --ignored --show-output`).
+//! Tests skip with a printed reason without a GPU.
+//!
+//! Tolerance for bf16 activations: each bf16 rounding is ≤ 2^-9 relative; the tiny model's
+//! logits are 30-45 in magnitude, so one rounding of a logit is ~0.08 and the chain of layers
+//! adds a few more. We require teacher-forced top-10 logits within 0.35 absolute and log-sum-exp
+//! within 0.35, and the same argmax wherever the reference's top-1 margin exceeds 0.7 (2 × tol).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::time::Instant;
+
+use common::{golden, tiny_dir};
+use infer_core::{DeviceType, GenerateOptions, Llama3, LoadOptions, SamplerConfig};
+
+const TOL: f64 = 0.35;
+
+fn gpu_available() -> bool {
+    match infer_core::cuda::device(0) {
+        Ok(_) => true,
+        Err(e) => {
+            println!("SKIPPED: no CUDA device: {e}");
+            false
+        }
+    }
+}
+
+fn load(dir: impl AsRef<std::path::Path>, device: DeviceType, ctx: usize) -> Llama3 {
+    Llama3::load(dir, LoadOptions { device, context_length: Some(ctx), progress: false }).expect("model loads")
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap_or(0)
+}
+
+fn check_step(case: &common::Case, step: usize, logits: &[f32], worst: &mut f64) {
+    for (j, (&id, &w)) in case.top_ids[step].iter().zip(&case.top_logits[step]).enumerate() {
+        let err = (logits[id as usize] as f64 - w).abs();
+        *worst = worst.max(err);
+        assert!(err <= TOL, "{} step {step}: top-{j} id {id}: {} vs {w}", case.name, logits[id as usize]);
+    }
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = m + logits.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+    assert!(
+        (lse - case.logsumexp[step]).abs() <= TOL,
+        "{} step {step}: lse {lse} vs {}",
+        case.name,
+        case.logsumexp[step]
+    );
+    let margin = case.top_logits[step][0] - case.top_logits[step][1];
+    if margin > 2.0 * TOL {
+        assert_eq!(argmax(logits), case.top_ids[step][0], "{} step {step}: argmax (margin {margin})", case.name);
+    }
+}
+
+#[test]
+fn tiny_golden_on_gpu() {
+    if !gpu_available() {
+        return;
+    }
+    let mut model = load(tiny_dir(), DeviceType::Cuda(0), 1024);
+    let g = golden();
+    for case in &g.cases {
+        // Decode path (CUDA graph after the first step), teacher-forced.
+        let mut logits = model.forward_tokens(&case.ids, 0, false).unwrap().as_f32().unwrap().to_vec();
+        let mut worst = 0f64;
+        for (step, &next) in case.greedy_ids.iter().enumerate() {
+            check_step(case, step, &logits, &mut worst);
+            logits = model.forward_tokens(&[next], case.ids.len() + step, false).unwrap().as_f32().unwrap().to_vec();
+        }
+        // Batched prefill path over every position.
+        let all: Vec<u32> = case.ids.iter().chain(&case.greedy_ids).copied().collect();
+        let vocab = model.config().vocab_size;
+        let rows = model.forward_tokens(&all, 0, true).unwrap().as_f32().unwrap().to_vec();
+        for step in 0..case.greedy_ids.len() {
+            let r = case.ids.len() - 1 + step;
+            check_step(case, step, &rows[r * vocab..(r + 1) * vocab], &mut worst);
+        }
+        println!("{}: worst top-10 logit error on GPU {worst:.3}", case.name);
+        // Greedy generation: identical ids at least up to the first low-margin step.
+        let opts = GenerateOptions {
+            max_new_tokens: g.n_new,
+            sampler: SamplerConfig::greedy(),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        model.reset();
+        let out = model.generate_ids(&case.ids, &opts, &mut |_| {}).unwrap();
+        let safe = case.top_logits.iter().take_while(|t| t[0] - t[1] > 2.0 * TOL).count();
+        assert_eq!(out.ids[..safe], case.greedy_ids[..safe], "{}: greedy ids before step {safe}", case.name);
+        println!(
+            "{}: greedy ids equal for {}/{} steps (first {safe} have margin > {})",
+            case.name,
+            out.ids.iter().zip(&case.greedy_ids).take_while(|(a, b)| a == b).count(),
+            g.n_new,
+            2.0 * TOL
+        );
+    }
+}
+
+#[test]
+fn cpu_vs_cuda_on_1b_shape() {
+    if !gpu_available() {
+        return;
+    }
+    let Ok(dir) = std::env::var("RUSTINFER_MODEL") else {
+        println!("SKIPPED: set RUSTINFER_MODEL to a Llama-3.2-1B-shaped checkpoint");
+        return;
+    };
+    let mut cpu = load(&dir, DeviceType::Cpu, 256);
+    let mut gpu = load(&dir, DeviceType::Cuda(0), 256);
+    let ids: Vec<u32> = (0..40u32).map(|i| 1000 + i * 997 % 50000).collect();
+    let a = cpu.forward_tokens(&ids, 0, false).unwrap().as_f32().unwrap().to_vec();
+    let b = gpu.forward_tokens(&ids, 0, false).unwrap().as_f32().unwrap().to_vec();
+    let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
+    let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    println!("1B shape: max |cpu - gpu| = {err:.3} for logits up to {scale:.1}");
+    assert!(err <= 0.03 * scale.max(1.0), "CPU vs GPU logits differ by {err} (scale {scale})");
+    // Decode steps too.
+    for (i, next) in [5u32, 77, 12345].into_iter().enumerate() {
+        let a = cpu.forward_tokens(&[next], ids.len() + i, false).unwrap().as_f32().unwrap().to_vec();
+        let b = gpu.forward_tokens(&[next], ids.len() + i, false).unwrap().as_f32().unwrap().to_vec();
+        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(err <= 0.03 * scale.max(1.0), "decode step {i}: CPU vs GPU logits differ by {err}");
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+#[ignore = "benchmark: needs a GPU and a Llama-3.2-1B-shaped model in RUSTINFER_MODEL"]
+fn test_llama3_cuda_performance() {
+    if !gpu_available() {
+        return;
+    }
+    let dir = std::env::var("RUSTINFER_MODEL").expect("set RUSTINFER_MODEL (scripts/make_random_llama.py makes one)");
+    let t0 = Instant::now();
+    let mut model = load(&dir, DeviceType::Cuda(0), 1024);
+    let load_s = t0.elapsed().as_secs_f64();
+    let weight_bytes: f64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .map(|e| e.metadata().map(|m| m.len() as f64).unwrap_or(0.0))
+        .sum();
+    let prompt: Vec<u32> = (0..512u32).map(|i| 1000 + (i * 7919) % 100000).collect();
+    let mut prefill = Vec::new();
+    for _ in 0..6 {
+        model.reset();
+        let t = Instant::now();
+        model.forward_tokens(&prompt, 0, false).unwrap(); // ends with a device-to-host copy (synchronous)
+        prefill.push(512.0 / t.elapsed().as_secs_f64());
+    }
+    prefill.remove(0); // warm-up
+    let pp = median(prefill);
+    let opts = GenerateOptions {
+        max_new_tokens: 257,
+        sampler: SamplerConfig::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut decode = Vec::new();
+    for _ in 0..6 {
+        model.reset();
+        let g = model.generate_ids(&prompt[..16], &opts, &mut |_| {}).unwrap();
+        decode.push(g.decode_tokens_per_s());
+    }
+    decode.remove(0);
+    let tg = median(decode);
+    let bw = tg * weight_bytes / 1e12;
+    println!("device: cuda:0, model {dir}");
+    println!("load: {load_s:.2} s");
+    println!("prefill 512 tokens: {pp:.0} tok/s (median of 5)");
+    println!(
+        "decode 256 tokens: {tg:.1} tok/s (median of 5), {bw:.2} TB/s of weights = {:.0}% of 3.35 TB/s",
+        bw / 3.35 * 100.0
+    );
+    println!(
+        "BENCH_JSON {{\"load_s\": {load_s:.3}, \"pp512\": {pp:.1}, \"tg\": {tg:.2}, \"weights_gb\": {:.3}}}",
+        weight_bytes / 1e9
+    );
+}
