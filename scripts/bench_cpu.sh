@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 llama=${1:-/opt/peers/llama-cpu}
 threads=${THREADS:-$(nproc)}
-model=target/models/llama-3.2-1b-random
-gguf=target/models/llama-3.2-1b-random-bf16.gguf
+model=$PWD/target/models/llama-3.2-1b-random
+gguf=$PWD/target/models/llama-3.2-1b-random-bf16.gguf
 out=bench-out
 mkdir -p "$out"
 [ -f "$model/model.safetensors" ] ||

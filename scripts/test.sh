@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The test command (README; .ci/run calls it): format, lints, then every test of the workspace.
+# The test command (README; .ci/run calls it): format, lints, every test of the workspace, then
+# the `cuda` feature compiled (CUDA 13 toolkit from PyPI) and its tests, which skip without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh >/dev/null
+WITH_CUDA=1 bash scripts/setup.sh >/dev/null
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+export CUDA_HOME=${CUDA_HOME:-/opt/cuda-pip/nvidia/cu13}
+cargo clippy --workspace --all-targets --features infer-core/cuda -- -D warnings
+cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model
