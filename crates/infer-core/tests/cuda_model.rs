@@ -13,20 +13,10 @@ mod common;
 
 use std::time::Instant;
 
-use common::{golden, tiny_dir};
+use common::{golden, gpu_available, tiny_dir};
 use infer_core::{DeviceType, GenerateOptions, Llama3, LoadOptions, SamplerConfig};
 
 const TOL: f64 = 0.35;
-
-fn gpu_available() -> bool {
-    match infer_core::cuda::device(0) {
-        Ok(_) => true,
-        Err(e) => {
-            println!("SKIPPED: no CUDA device: {e}");
-            false
-        }
-    }
-}
 
 fn load(dir: impl AsRef<std::path::Path>, device: DeviceType, ctx: usize) -> Llama3 {
     Llama3::load(dir, LoadOptions { device, context_length: Some(ctx), progress: false }).expect("model loads")

@@ -4,6 +4,9 @@
 //! f32 accumulation; outputs are compared with |gpu - cpu| ≤ 3e-2 · (1 + |cpu|) unless stated.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::gpu_available;
 use infer_core::model::config::LlamaConfig;
 use infer_core::op::attention::attention;
 use infer_core::op::rope::RopeTable;
@@ -13,16 +16,6 @@ use infer_core::op::{
 use infer_core::{DType, DeviceType, Tensor};
 
 const GPU: DeviceType = DeviceType::Cuda(0);
-
-fn gpu_available() -> bool {
-    match infer_core::cuda::device(0) {
-        Ok(_) => true,
-        Err(e) => {
-            println!("SKIPPED: no CUDA device: {e}");
-            false
-        }
-    }
-}
 
 fn rand(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;

@@ -322,10 +322,7 @@ impl Llama3 {
     /// One batched pass of `ids` (at most [`PREFILL_CHUNK`]) through every layer; leaves the
     /// final normed hidden states in `ws.h`.
     fn forward_chunk(&mut self, ids: &[u32], pos0: usize) -> Result<()> {
-        let c = &self.config;
-        let eps = c.rms_norm_eps as f32;
-        let ws = &mut self.ws;
-        ws.resize(ids.len())?;
+        self.ws.resize(ids.len())?;
         #[cfg(feature = "cuda")]
         if let Some(g) = self.gpu.as_mut() {
             let dev_ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
@@ -333,6 +330,16 @@ impl Llama3 {
             g.pos.set(&[pos0 as i32])?;
             g.device_next = None;
         }
+        self.run_layers(ids, pos0)
+    }
+
+    /// Embedding, every decoder layer and the final norm over the workspace (already sized to
+    /// `ids.len()` rows; on a GPU the ids and position are already in device memory, which is
+    /// what a captured decode step reads).
+    fn run_layers(&mut self, ids: &[u32], pos0: usize) -> Result<()> {
+        let c = &self.config;
+        let eps = c.rms_norm_eps as f32;
+        let ws = &mut self.ws;
         #[cfg(feature = "cuda")]
         let (dev_pos, dev_ids) = match self.gpu.as_ref() {
             Some(g) => (Some(&g.pos), Some(&g.ids)),
@@ -477,35 +484,11 @@ impl Llama3 {
     /// GPU state's logits buffer.
     #[cfg(feature = "cuda")]
     fn decode_ops(&mut self, id: u32, pos: usize) -> Result<()> {
-        self.forward_layers_dev(id, pos)?;
+        self.run_layers(&[id], pos)?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
         matmul(&self.ws.h, head, &mut g.logits)?; // [1, vocab] f32
         crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids) // next id, read by the next step's embedding
-    }
-
-    #[cfg(feature = "cuda")]
-    fn forward_layers_dev(&mut self, id: u32, pos0: usize) -> Result<()> {
-        let c = &self.config;
-        let eps = c.rms_norm_eps as f32;
-        let ws = &mut self.ws;
-        let g = self.gpu.as_ref().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        let pos = Positions { start: pos0, device: Some(&g.pos) };
-        embedding_ids(&Ids { host: &[id], device: Some(&g.ids) }, &self.weights.embed_tokens, &mut ws.x)?;
-        for (l, w) in self.weights.layers.iter().enumerate() {
-            let delta = (l > 0).then_some(&ws.delta);
-            add_rms_norm(&mut ws.x, delta, &w.input_layernorm, eps, &mut ws.h)?;
-            linear(&ws.h, &w.qkv_proj, &mut ws.qkv)?;
-            let (kc, vc) = self.cache.layer_mut(l)?;
-            rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?;
-            attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?;
-            matmul(&ws.att, &w.o_proj, &mut ws.delta)?;
-            add_rms_norm(&mut ws.x, Some(&ws.delta), &w.post_attention_layernorm, eps, &mut ws.h)?;
-            linear(&ws.h, &w.gate_up_proj, &mut ws.gate_up)?;
-            swiglu(&ws.gate_up, &mut ws.act)?;
-            matmul(&ws.act, &w.down_proj, &mut ws.delta)?;
-        }
-        add_rms_norm(&mut ws.x, Some(&ws.delta), &self.weights.norm, eps, &mut ws.h)
     }
 
     #[cfg(feature = "cuda")]

@@ -4,6 +4,7 @@ use rayon::prelude::*;
 
 use super::{Op, OpContext, Positions, check_shape};
 use crate::base::{Error, Result};
+use crate::op::cpu::{axpy_f32, dot_f32};
 use crate::op::softmax::softmax_row;
 use crate::tensor::Tensor;
 
@@ -71,15 +72,6 @@ impl Op for Attention {
         let (q, k, v) = (ctx.input(NAME, 0)?, ctx.input(NAME, 1)?, ctx.input(NAME, 2)?);
         attention(q, k, v, &Positions::host(self.pos0), self.n_heads, ctx.output(NAME, 0)?)
     }
-}
-
-// WIP: replaced by the SIMD versions in op::cpu.
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
 }
 
 #[cfg(test)]

@@ -94,3 +94,15 @@ pub fn check_step(case: &Case, step: usize, logits: &[f32], tol: f64) -> f64 {
     );
     worst
 }
+
+/// True when CUDA device 0 can be used; otherwise prints why the calling test is skipped.
+#[cfg(feature = "cuda")]
+pub fn gpu_available() -> bool {
+    match infer_core::cuda::device(0) {
+        Ok(_) => true,
+        Err(e) => {
+            println!("SKIPPED: no CUDA device: {e}");
+            false
+        }
+    }
+}
