@@ -7,7 +7,12 @@ use clap::{Args, Parser, Subcommand};
 use infer_core::{DeviceType, SamplerConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "infer-cli", version, about = "RustInfer: fast Llama 3 inference on CPU and CUDA")]
+#[command(
+    name = "infer-cli",
+    version,
+    about = "RustInfer: fast Llama 3 inference on CPU and CUDA",
+    args_override_self = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

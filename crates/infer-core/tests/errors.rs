@@ -142,3 +142,50 @@ fn cuda_without_backend_is_an_error() {
     let e = Llama3::new(tiny_dir(), infer_core::DeviceType::Cuda(0), false).unwrap_err();
     assert!(matches!(e, Error::DeviceUnavailable { .. }), "{e:?}");
 }
+
+/// Sharded checkpoints (`model.safetensors.index.json`) in f32 load and give the same logits
+/// as the single bf16 file (bf16 → f32 is exact, so only summation order differs).
+#[test]
+fn sharded_f32_checkpoint_matches_single_file() {
+    let dir = scratch("sharded", false);
+    let bytes = fs::read(tiny_dir().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let widened: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|n| {
+            let t = st.tensor(n).unwrap();
+            let f32s: Vec<u8> = t
+                .data()
+                .chunks_exact(2)
+                .flat_map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes())
+                .collect();
+            (n.clone(), t.shape().to_vec(), f32s)
+        })
+        .collect();
+    let half_at = widened.len() / 2;
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [&widened[..half_at], &widened[half_at..]].into_iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, TensorView)> =
+            part.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
+        safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
+        for (n, _, _) in part {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let ids = [128000u32, 791, 6864, 315, 9822, 374];
+    let mut sharded = load(&dir).unwrap();
+    let mut single = load(&tiny_dir()).unwrap();
+    let a = sharded.forward_tokens(&ids, 0, false).unwrap().as_f32().unwrap().to_vec();
+    let b = single.forward_tokens(&ids, 0, false).unwrap().as_f32().unwrap().to_vec();
+    let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-3, "sharded f32 vs single bf16 logits differ by {err}");
+    // A shard listed in the index but missing on disk is an I/O error naming it.
+    fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = load(&dir).unwrap_err();
+    assert!(e.to_string().contains("model-00002-of-00002.safetensors"), "{e}");
+}

@@ -49,6 +49,15 @@ fn test_llama3_cpu_loading_and_generation() {
         model.config().hidden_size
     );
     println!("load: {load_s:.2} s");
+    // Weights are memory-mapped in their stored dtype: resident memory stays near the file size.
+    let (rss, files) = (rss_bytes(), model_bytes(&dir));
+    println!(
+        "resident memory after load: {:.2} GB = {:.3} x the weight files ({:.2} GB)",
+        rss / 1e9,
+        rss / files,
+        files / 1e9
+    );
+    assert!(rss <= 1.15 * files, "resident memory {rss} exceeds 1.15 x the weights {files}");
     let text = "The quick brown fox jumps over the lazy dog. ".repeat(40);
     let all = model.tokenize(&text, true).unwrap();
     let mut prefill = Vec::new();
@@ -95,5 +104,16 @@ fn model_bytes(dir: &std::path::Path) -> f64 {
                 .map(|m| m.len() as f64)
                 .sum()
         })
+        .unwrap_or(0.0)
+}
+
+/// Resident set size of this process (Linux), in bytes.
+fn rss_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb * 1024.0)
         .unwrap_or(0.0)
 }
