@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublaslt::CudaBlasLT;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DriverError};
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DriverError, sys};
 
 use crate::base::{Error, Result};
 
@@ -140,5 +140,31 @@ impl CudaDevice {
     pub fn memory_info(&self) -> Result<(usize, usize)> {
         self.bind()?;
         cudarc::driver::result::mem_get_info().map_err(|e| driver_err("mem_get_info", e))
+    }
+}
+
+/// Times work queued on a device's stream with CUDA events (benchmarks without Nsight).
+pub struct EventTimer {
+    start: CudaEvent,
+    stop: CudaEvent,
+    dev: Arc<CudaDevice>,
+}
+
+impl EventTimer {
+    pub fn new(dev: &Arc<CudaDevice>) -> Result<Self> {
+        let ev = || dev.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| driver_err("event", e));
+        Ok(EventTimer { start: ev()?, stop: ev()?, dev: dev.clone() })
+    }
+
+    /// Marks the start on the stream.
+    pub fn start(&self) -> Result<()> {
+        self.start.record(&self.dev.stream).map_err(|e| driver_err("event record", e))
+    }
+
+    /// Marks the end, waits for it and returns the milliseconds between the two marks.
+    pub fn stop_ms(&self) -> Result<f32> {
+        self.stop.record(&self.dev.stream).map_err(|e| driver_err("event record", e))?;
+        self.stop.synchronize().map_err(|e| driver_err("event sync", e))?;
+        self.start.elapsed_ms(&self.stop).map_err(|e| driver_err("event elapsed", e))
     }
 }

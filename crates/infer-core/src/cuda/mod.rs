@@ -7,5 +7,5 @@ pub mod ffi;
 pub mod ops;
 pub mod storage;
 
-pub use device::{CudaDevice, DeviceI32, device};
+pub use device::{CudaDevice, DeviceI32, EventTimer, device};
 pub use storage::{CudaData, CudaStorage};
