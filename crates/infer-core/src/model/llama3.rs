@@ -300,8 +300,6 @@ impl Llama3 {
         #[cfg(feature = "cuda")]
         if ids.len() == 1 && !all_logits && self.gpu.is_some() {
             self.decode_step_graph(ids[0], pos0, true)?;
-            self.cached_ids.truncate(pos0);
-            self.cached_ids.push(ids[0]);
             return Ok(&self.ws.logits);
         }
         for (c, chunk) in ids.chunks(PREFILL_CHUNK).enumerate() {
@@ -384,20 +382,10 @@ impl Llama3 {
     /// Starts the greedy step of `id` at `pos` ([`Llama3::greedy_wait`] returns its result). On a
     /// GPU this only queues work, so the caller can detokenize meanwhile; on the CPU it computes.
     pub fn greedy_launch(&mut self, id: u32, pos: usize) -> Result<()> {
-        if pos + 1 > self.cache.context() {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: pos + 1,
-                max_new_tokens: 0,
-                context_length: self.cache.context(),
-            });
-        }
         #[cfg(feature = "cuda")]
         if self.gpu.is_some() {
-            self.decode_launch(id, pos)?;
-            self.cached_ids.truncate(pos);
-            self.cached_ids.push(id);
             self.pending_greedy = None;
-            return Ok(());
+            return self.decode_launch(id, pos);
         }
         self.pending_greedy = Some(self.next_token_greedy(id, pos)?);
         Ok(())
@@ -420,17 +408,7 @@ impl Llama3 {
     pub fn next_token_greedy(&mut self, id: u32, pos: usize) -> Result<u32> {
         #[cfg(feature = "cuda")]
         if self.gpu.is_some() {
-            if pos + 1 > self.cache.context() {
-                return Err(Error::ContextOverflow {
-                    prompt_tokens: pos + 1,
-                    max_new_tokens: 0,
-                    context_length: self.cache.context(),
-                });
-            }
-            let next = self.decode_step_graph(id, pos, false)?;
-            self.cached_ids.truncate(pos);
-            self.cached_ids.push(id);
-            return Ok(next);
+            return self.decode_step_graph(id, pos, false);
         }
         let logits = self.forward_tokens(&[id], pos, false)?;
         crate::op::argmax::argmax(logits.as_f32()?)
@@ -445,9 +423,25 @@ impl Llama3 {
         self.decode_outputs(want_logits)
     }
 
-    /// Queues one decode step of `id` at `pos` on the GPU stream without waiting for it.
+    /// Queues one decode step of `id` at `pos` on the GPU stream without waiting for it, and
+    /// records `id` as cached at `pos`.
     #[cfg(feature = "cuda")]
     fn decode_launch(&mut self, id: u32, pos: usize) -> Result<()> {
+        if pos + 1 > self.cache.context() {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: pos + 1,
+                max_new_tokens: 0,
+                context_length: self.cache.context(),
+            });
+        }
+        self.cached_ids.truncate(pos);
+        self.enqueue_decode_step(id, pos)?;
+        self.cached_ids.push(id);
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn enqueue_decode_step(&mut self, id: u32, pos: usize) -> Result<()> {
         self.ws.resize(1)?;
         let capacity = self.ws.capacity;
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
