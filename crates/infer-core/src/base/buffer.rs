@@ -14,6 +14,8 @@ pub enum Storage {
     F32(Vec<f32>),
     BF16(Vec<bf16>),
     F16(Vec<f16>),
+    /// Owned raw bytes of a block-quantized tensor (GGML block layout, see [`DType`]).
+    Bytes(Vec<u8>),
     /// `len` bytes at `start` in a mapped file (shared by every tensor of that file).
     Mapped {
         map: Arc<Mmap>,
@@ -26,11 +28,13 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// Zeroed storage for `n` elements (for a quantized dtype, rounded up to whole blocks).
     pub fn zeros(dtype: DType, n: usize) -> Self {
         match dtype {
             DType::F32 => Storage::F32(vec![0.0; n]),
             DType::BF16 => Storage::BF16(vec![bf16::ZERO; n]),
             DType::F16 => Storage::F16(vec![f16::ZERO; n]),
+            q => Storage::Bytes(vec![0; n.div_ceil(q.block_size()) * q.block_bytes()]),
         }
     }
 
@@ -40,6 +44,7 @@ impl Storage {
             Storage::F32(v) => v.len() * 4,
             Storage::BF16(v) => v.len() * 2,
             Storage::F16(v) => v.len() * 2,
+            Storage::Bytes(v) => v.len(),
             Storage::Mapped { len, .. } => *len,
             #[cfg(feature = "cuda")]
             Storage::Cuda(c) => c.len() * c.dtype().size_of(),
@@ -56,6 +61,7 @@ impl Storage {
             Storage::F32(v) => Some(bytemuck::cast_slice(v)),
             Storage::BF16(v) => Some(bytemuck::cast_slice(v)),
             Storage::F16(v) => Some(bytemuck::cast_slice(v)),
+            Storage::Bytes(v) => Some(v),
             Storage::Mapped { map, start, len } => Some(&map[*start..*start + *len]),
             #[cfg(feature = "cuda")]
             Storage::Cuda(_) => None,

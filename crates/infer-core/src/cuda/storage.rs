@@ -46,7 +46,7 @@ impl CudaStorage {
         let data = match dtype {
             DType::F32 => CudaData::F32(dev.stream.alloc_zeros(n).map_err(|e| driver_err("alloc", e))?),
             DType::BF16 => CudaData::BF16(dev.stream.alloc_zeros(n).map_err(|e| driver_err("alloc", e))?),
-            DType::F16 => return Err(Error::InvalidArgument("f16 tensors are converted to bf16 on CUDA".into())),
+            other => return Err(Error::InvalidArgument(format!("{other} tensors are converted to bf16 on CUDA"))),
         };
         Ok(CudaStorage { data, dev: dev.clone() })
     }
@@ -59,12 +59,12 @@ impl CudaStorage {
             (TensorData::BF16(s), false) => CudaData::BF16(dev.stream.clone_htod(s).map_err(up)?),
             (other, true) => {
                 let mut v = vec![0f32; other.len()];
-                other.copy_to_f32(0, &mut v);
+                other.copy_to_f32(0, &mut v)?;
                 CudaData::F32(dev.stream.clone_htod(&v).map_err(up)?)
             }
             (other, false) => {
                 let mut v = vec![0f32; other.len()];
-                other.copy_to_f32(0, &mut v);
+                other.copy_to_f32(0, &mut v)?;
                 let b: Vec<bf16> = v.into_iter().map(bf16::from_f32).collect();
                 CudaData::BF16(dev.stream.clone_htod(&b).map_err(up)?)
             }

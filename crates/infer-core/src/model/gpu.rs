@@ -78,7 +78,7 @@ fn cat_rows_bf16(parts: &[Tensor]) -> Result<Tensor> {
             crate::tensor::TensorData::BF16(s) => out.extend_from_slice(s),
             other => {
                 let mut v = vec![0f32; other.len()];
-                other.copy_to_f32(0, &mut v);
+                other.copy_to_f32(0, &mut v)?;
                 out.extend(v.into_iter().map(bf16::from_f32));
             }
         }

@@ -12,6 +12,7 @@ use super::kv_cache::KvCache;
 use super::safetensors::WeightStore;
 use super::sampler::{SamplerConfig, from_generation_config};
 use super::tokenizer::{HfTokenizer, Tokenizer};
+use super::weights::WeightSource;
 use super::{Model, workspace::Workspace};
 use crate::base::{DeviceType, Error, Result};
 use crate::op::embedding::{Ids, embedding_ids};
@@ -65,7 +66,7 @@ pub struct Weights {
 }
 
 impl Weights {
-    fn load(store: &WeightStore, c: &LlamaConfig) -> Result<Self> {
+    fn load(store: &dyn WeightSource, c: &LlamaConfig) -> Result<Self> {
         let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
         let layers = (0..c.num_hidden_layers)
             .map(|l| {
@@ -104,7 +105,7 @@ pub struct Llama3 {
     pub(crate) device: DeviceType,
     pub(crate) weights: Weights,
     /// The mapped files behind CPU weights (dropped once weights are uploaded to a GPU).
-    _store: Option<WeightStore>,
+    _store: Option<Box<dyn WeightSource>>,
     #[cfg(feature = "cuda")]
     gpu: Option<super::gpu::GpuState>,
     pub(crate) tokenizer: HfTokenizer,
@@ -183,8 +184,8 @@ impl Llama3 {
             }
             Some(n) => n,
         };
-        let store = WeightStore::open(&dir)?;
-        let weights = Weights::load(&store, &config)?;
+        let store: Box<dyn WeightSource> = Box::new(WeightStore::open(&dir)?);
+        let weights = Weights::load(store.as_ref(), &config)?;
         let tokenizer = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
         let chat_template = ChatTemplate::from_model_dir(&dir)?;
         let generation_defaults = from_generation_config(&dir.join("generation_config.json"))?.unwrap_or_default();
@@ -197,7 +198,7 @@ impl Llama3 {
         eos_ids.dedup();
         let bar = progress_bar(opts.progress, store.file_bytes());
         let (weights, store) = if opts.device.is_cpu() {
-            store.prefault(|n| bar.inc(n));
+            store.prefault(&mut |n| bar.inc(n));
             (weights, Some(store))
         } else {
             #[cfg(feature = "cuda")]

@@ -12,12 +12,14 @@ mod pyfmt;
 pub mod safetensors;
 pub mod sampler;
 pub mod tokenizer;
+pub mod weights;
 mod workspace;
 
 use crate::base::{DeviceType, Result};
 use crate::tensor::Tensor;
 pub use chat::{ChatMessage, ChatTemplate, RenderOptions};
 pub use tokenizer::{HfTokenizer, Tokenizer};
+pub use weights::WeightSource;
 
 /// What every model offers (the seed's trait, kept).
 pub trait Model {

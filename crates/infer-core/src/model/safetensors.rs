@@ -113,7 +113,7 @@ impl WeightStore {
 
     /// Reads every page of the mapped files once so the first forward pass does not pay the
     /// page faults; `progress` receives the bytes done after each chunk.
-    pub fn prefault(&self, mut progress: impl FnMut(u64)) {
+    pub fn prefault(&self, progress: &mut dyn FnMut(u64)) {
         const CHUNK: usize = 64 << 20;
         let mut sum = 0u8;
         for (_, map) in &self.files {
@@ -123,6 +123,24 @@ impl WeightStore {
             }
         }
         std::hint::black_box(sum);
+    }
+}
+
+impl super::weights::WeightSource for WeightStore {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        WeightStore::get(self, name, shape)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        WeightStore::contains(self, name)
+    }
+
+    fn file_bytes(&self) -> u64 {
+        WeightStore::file_bytes(self)
+    }
+
+    fn prefault(&self, progress: &mut dyn FnMut(u64)) {
+        WeightStore::prefault(self, progress)
     }
 }
 

@@ -39,7 +39,7 @@ pub fn embedding_ids(ids: &Ids, table: &Tensor, out: &mut Tensor) -> Result<()> 
     let table = table.data()?;
     let out = out.as_f32_mut()?;
     for (row, &id) in out.chunks_exact_mut(hidden).zip(ids) {
-        table.copy_to_f32(id as usize * hidden, row);
+        table.copy_to_f32(id as usize * hidden, row)?;
     }
     Ok(())
 }

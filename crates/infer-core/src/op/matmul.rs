@@ -97,6 +97,7 @@ mod tests {
             DType::F32 => Tensor::from_f32(&[n, k], v),
             DType::BF16 => Tensor::from_bf16(&[n, k], v.iter().map(|&f| bf16::from_f32(f)).collect()),
             DType::F16 => Tensor::from_f16(&[n, k], v.iter().map(|&f| f16::from_f32(f)).collect()),
+            q => panic!("test weights are float dtypes, got {q}"),
         }
         .unwrap();
         let exact = t.to_f32_vec().unwrap();

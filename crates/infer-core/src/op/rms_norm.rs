@@ -17,7 +17,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor) -> Resu
         return Err(Error::op(NAME, format!("eps must be positive, got {eps}")));
     }
     let mut w = vec![0f32; dim];
-    weight.data()?.copy_to_f32(0, &mut w);
+    weight.data()?.copy_to_f32(0, &mut w)?;
     let x = x.as_f32()?;
     let out = out.as_f32_mut()?;
     out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, xr)| {

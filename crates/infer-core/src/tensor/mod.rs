@@ -1,6 +1,7 @@
 //! Tensors: dtype + shape + strides over host storage.
 
 mod dtype;
+pub mod quant;
 #[allow(clippy::module_inception)]
 mod tensor;
 

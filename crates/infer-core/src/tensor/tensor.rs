@@ -23,6 +23,8 @@ pub enum TensorData<'a> {
     F32(&'a [f32]),
     BF16(&'a [bf16]),
     F16(&'a [f16]),
+    /// Whole blocks of a block-quantized dtype (GGML layout), read by the quantized kernels.
+    Quant(DType, &'a [u8]),
 }
 
 impl TensorData<'_> {
@@ -31,6 +33,7 @@ impl TensorData<'_> {
             TensorData::F32(s) => s.len(),
             TensorData::BF16(s) => s.len(),
             TensorData::F16(s) => s.len(),
+            TensorData::Quant(d, b) => d.elems_in(b.len()),
         }
     }
 
@@ -38,25 +41,40 @@ impl TensorData<'_> {
         self.len() == 0
     }
 
-    /// Element `i` widened to f32.
-    #[inline]
-    pub fn get_f32(&self, i: usize) -> f32 {
-        match self {
-            TensorData::F32(s) => s[i],
-            TensorData::BF16(s) => s[i].to_f32(),
-            TensorData::F16(s) => s[i].to_f32(),
-        }
-    }
-
-    /// Widens `out.len()` elements starting at `start` into `out`.
-    pub fn copy_to_f32(&self, start: usize, out: &mut [f32]) {
+    /// Widens (or dequantizes) `out.len()` elements starting at `start` into `out`. For a
+    /// quantized dtype, `start` and `out.len()` must be whole blocks (rows always are).
+    pub fn copy_to_f32(&self, start: usize, out: &mut [f32]) -> Result<()> {
         let n = out.len();
         match self {
             TensorData::F32(s) => out.copy_from_slice(&s[start..start + n]),
             TensorData::BF16(s) => out.iter_mut().zip(&s[start..start + n]).for_each(|(o, v)| *o = v.to_f32()),
             TensorData::F16(s) => out.iter_mut().zip(&s[start..start + n]).for_each(|(o, v)| *o = v.to_f32()),
+            TensorData::Quant(d, b) => {
+                let (bs, bb) = (d.block_size(), d.block_bytes());
+                if !start.is_multiple_of(bs) || !n.is_multiple_of(bs) || (start + n) / bs * bb > b.len() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{d}: elements {start}..{} are not whole blocks of {bs} inside {} elements",
+                        start + n,
+                        self.len()
+                    )));
+                }
+                super::quant::dequantize(*d, &b[start / bs * bb..(start + n) / bs * bb], out)?;
+            }
         }
+        Ok(())
     }
+}
+
+/// Quantized tensors hold whole blocks in every row.
+fn check_whole_blocks(shape: &[usize], dtype: DType) -> Result<()> {
+    let last = shape.last().copied().unwrap_or(1);
+    if dtype.is_quantized() && !last.is_multiple_of(dtype.block_size()) {
+        return Err(Error::InvalidArgument(format!(
+            "a {dtype} tensor's rows must be whole blocks of {} elements, got shape {shape:?}",
+            dtype.block_size()
+        )));
+    }
+    Ok(())
 }
 
 fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
@@ -89,7 +107,7 @@ impl Tensor {
 
     fn from_storage(storage: Storage, dtype: DType, shape: &[usize]) -> Result<Self> {
         let n: usize = shape.iter().product();
-        if n * dtype.size_of() != storage.byte_len() {
+        if dtype.bytes_for(n) != Some(storage.byte_len()) {
             return Err(Error::InvalidArgument(format!(
                 "shape {shape:?} ({n} elements of {dtype}) does not match a buffer of {} bytes",
                 storage.byte_len()
@@ -98,11 +116,23 @@ impl Tensor {
         Ok(Tensor { storage, dtype, shape: shape.to_vec(), strides: contiguous_strides(shape) })
     }
 
+    /// A block-quantized tensor owning `bytes` (GGML block layout; the last dim must be whole blocks).
+    pub fn from_quantized(shape: &[usize], dtype: DType, bytes: Vec<u8>) -> Result<Self> {
+        if !dtype.is_quantized() {
+            return Err(Error::InvalidArgument(format!("from_quantized needs a quantized dtype, got {dtype}")));
+        }
+        check_whole_blocks(shape, dtype)?;
+        Self::from_storage(Storage::Bytes(bytes), dtype, shape)
+    }
+
     /// A tensor reading `shape` elements of `dtype` from `map[start..]` in place (zero copy).
     /// If the window is not aligned for `dtype`, the data is copied into owned storage instead.
     pub fn from_mapped(map: Arc<Mmap>, start: usize, dtype: DType, shape: &[usize]) -> Result<Self> {
+        check_whole_blocks(shape, dtype)?;
         let n: usize = shape.iter().product();
-        let len = n * dtype.size_of();
+        let Some(len) = dtype.bytes_for(n) else {
+            return Err(Error::InvalidArgument(format!("{n} elements are not whole blocks of {dtype}")));
+        };
         if start.checked_add(len).is_none_or(|end| end > map.len()) {
             return Err(Error::InvalidArgument(format!(
                 "tensor window {start}..{} is outside the mapped file ({} bytes)",
@@ -111,7 +141,8 @@ impl Tensor {
             )));
         }
         let bytes = &map[start..start + len];
-        let aligned = (bytes.as_ptr() as usize).is_multiple_of(dtype.size_of());
+        // Quantized kernels read their blocks unaligned, so any window can stay mapped.
+        let aligned = dtype.is_quantized() || (bytes.as_ptr() as usize).is_multiple_of(dtype.size_of());
         if aligned {
             let storage = Storage::Mapped { map, start, len };
             return Ok(Tensor { storage, dtype, shape: shape.to_vec(), strides: contiguous_strides(shape) });
@@ -120,6 +151,7 @@ impl Tensor {
             DType::F32 => Storage::F32(bytemuck::pod_collect_to_vec(bytes)),
             DType::BF16 => Storage::BF16(bytemuck::pod_collect_to_vec(bytes)),
             DType::F16 => Storage::F16(bytemuck::pod_collect_to_vec(bytes)),
+            _ => Storage::Bytes(bytes.to_vec()),
         };
         Self::from_storage(storage, dtype, shape)
     }
@@ -179,7 +211,7 @@ impl Tensor {
     /// (a view of the leading elements) but never larger.
     pub fn reshape(&mut self, shape: &[usize]) -> Result<()> {
         let n: usize = shape.iter().product();
-        let cap = self.storage.byte_len() / self.dtype.size_of();
+        let cap = self.dtype.elems_in(self.storage.byte_len());
         if n > cap {
             return Err(Error::InvalidArgument(format!(
                 "cannot view {n} elements ({shape:?}) in a tensor with room for {cap}"
@@ -197,13 +229,18 @@ impl Tensor {
             (Storage::F32(v), _) => TensorData::F32(&v[..n]),
             (Storage::BF16(v), _) => TensorData::BF16(&v[..n]),
             (Storage::F16(v), _) => TensorData::F16(&v[..n]),
-            (Storage::Mapped { map, start, .. }, dtype) => {
+            (Storage::Bytes(v), dtype) => TensorData::Quant(
+                dtype,
+                &v[..dtype.elems_in(v.len()).min(n) / dtype.block_size() * dtype.block_bytes()],
+            ),
+            (Storage::Mapped { map, start, len }, dtype) => {
                 // Alignment and bounds were checked in `from_mapped`; `cast_slice` re-checks both.
-                let bytes = &map[*start..*start + n * dtype.size_of()];
+                let bytes = &map[*start..*start + dtype.bytes_for(n).unwrap_or(*len).min(*len)];
                 match dtype {
                     DType::F32 => TensorData::F32(bytemuck::cast_slice(bytes)),
                     DType::BF16 => TensorData::BF16(bytemuck::cast_slice(bytes)),
                     DType::F16 => TensorData::F16(bytemuck::cast_slice(bytes)),
+                    q => TensorData::Quant(q, bytes),
                 }
             }
             #[cfg(feature = "cuda")]
@@ -261,6 +298,10 @@ impl Tensor {
             TensorData::F32(s) => Tensor::from_f32(&[n, cols], s[a..b].to_vec()),
             TensorData::BF16(s) => Tensor::from_bf16(&[n, cols], s[a..b].to_vec()),
             TensorData::F16(s) => Tensor::from_f16(&[n, cols], s[a..b].to_vec()),
+            TensorData::Quant(d, bytes) => {
+                let (ba, bb) = (a / d.block_size() * d.block_bytes(), b / d.block_size() * d.block_bytes());
+                Tensor::from_quantized(&[n, cols], d, bytes[ba..bb].to_vec())
+            }
         }
     }
 
@@ -272,7 +313,7 @@ impl Tensor {
         }
         let d = self.data()?;
         let mut out = vec![0.0; d.len()];
-        d.copy_to_f32(0, &mut out);
+        d.copy_to_f32(0, &mut out)?;
         Ok(out)
     }
 
@@ -304,6 +345,10 @@ impl Tensor {
                     DType::F32 => Tensor::from_f32(&self.shape, v),
                     DType::BF16 => Tensor::from_bf16(&self.shape, v.into_iter().map(bf16::from_f32).collect()),
                     DType::F16 => Tensor::from_f16(&self.shape, v.into_iter().map(f16::from_f32).collect()),
+                    q => Err(Error::InvalidArgument(format!(
+                        "converting a {} tensor to {q} needs the quantizer (tensor::quant), not to_device_as",
+                        host.dtype
+                    ))),
                 }
             }
             #[cfg(feature = "cuda")]

@@ -42,7 +42,42 @@ pub fn matmul_nt(x: &[f32], w: TensorData<'_>, out: &mut [f32], m: usize, n: usi
     check_len("x", x.len(), m, k)?;
     check_len("w", w.len(), n, k)?;
     check_len("out", out.len(), m, n)?;
+    if let TensorData::Quant(dtype, bytes) = w {
+        return matmul_dequant_rows(dtype, bytes, x, out, m, n, k);
+    }
     matmul_with(simd::active(), fast_bf16(), x, w, out, m, n, k);
+    Ok(())
+}
+
+/// Quantized weights, exact path: each weight row is dequantized (f32) and dotted with every
+/// row of `x`. Parallel over weight rows.
+fn matmul_dequant_rows(
+    dtype: crate::tensor::DType,
+    w: &[u8],
+    x: &[f32],
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let row_bytes = dtype
+        .bytes_for(k)
+        .ok_or_else(|| Error::op("matmul", format!("{dtype} weight rows of {k} elements are not whole blocks")))?;
+    let mut cols = vec![0.0f32; m * n]; // [n, m]: each task writes one weight row's outputs
+    cols.par_chunks_mut(m).zip(w.par_chunks_exact(row_bytes)).try_for_each(|(o, wr)| {
+        let mut row = vec![0.0f32; k];
+        crate::tensor::quant::dequantize(dtype, wr, &mut row)?;
+        for (i, o) in o.iter_mut().enumerate() {
+            *o = dot_f32(&x[i * k..(i + 1) * k], &row);
+        }
+        Ok::<(), Error>(())
+    })?;
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = cols[j * m + i];
+        }
+    }
     Ok(())
 }
 
@@ -93,6 +128,7 @@ pub(crate) fn matmul_with(
         TensorData::F32(w) => dispatch(isa, x, w, out, m, n, k),
         TensorData::F16(w) => dispatch(isa, x, w, out, m, n, k),
         TensorData::BF16(w) => dispatch(isa, x, w, out, m, n, k),
+        TensorData::Quant(..) => unreachable!("matmul_nt routes quantized weights before matmul_with"),
     }
 }
 
