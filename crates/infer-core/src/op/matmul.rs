@@ -4,7 +4,7 @@
 //! (f32, bf16 or f16, possibly a read-only memory map): never widened as a whole. The kernels
 //! live in [`op::cpu`](super::cpu); the active instruction set is [`cpu::isa`].
 
-use super::{Op, OpContext, cpu};
+use super::{Op, OpContext, Precision, cpu};
 use crate::base::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -19,6 +19,11 @@ const NAME: &str = "matmul";
 /// All three must be contiguous. Accumulation is in f32; on the default path the result
 /// matches an f64 reference to about 1e-6 of `Σ_l |x·w|`.
 pub fn matmul(x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
+    matmul_with_precision(x, w, out, Precision::default())
+}
+
+/// [`matmul`] with an explicit CPU [`Precision`] (ignored on a GPU).
+pub fn matmul_with_precision(x: &Tensor, w: &Tensor, out: &mut Tensor, precision: Precision) -> Result<()> {
     let (n, k) =
         w.dims2(NAME).map_err(|_| Error::op(NAME, format!("weight must be 2-D [n, k], got {:?}", w.shape())))?;
     let (xs, os, ws) = (x.shape(), out.shape(), w.shape());
@@ -56,7 +61,7 @@ pub fn matmul(x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
     let w = w.data()?;
     let os = os.to_vec();
     let out = out.as_f32_mut().map_err(|e| Error::op(NAME, format!("out {os:?}: {e}")))?;
-    cpu::matmul_nt(x, w, out, m, n, k)
+    cpu::matmul_nt(x, w, out, m, n, k, precision)
 }
 
 /// [`Op`] form: inputs `[x, w]`, outputs `[out]`.
@@ -196,7 +201,7 @@ mod tests {
         assert!(e.contains("must be f32"), "{e}");
         let e = msg(matmul(&x, &w, &mut Tensor::zeros(&[2, 4], DType::F16)));
         assert!(e.contains("must be f32"), "{e}");
-        let e = msg(cpu::matmul_nt(&[0.0; 3], w.data().unwrap(), &mut [0.0; 8], 2, 4, 8));
+        let e = msg(cpu::matmul_nt(&[0.0; 3], w.data().unwrap(), &mut [0.0; 8], 2, 4, 8, Precision::Exact));
         assert!(e.contains("x has 3 elements"), "{e}");
     }
 }

@@ -71,6 +71,17 @@ impl Positions<'_> {
     }
 }
 
+/// How a CPU matmul may round its inputs (GPU kernels always use bf16 activations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// The fastest kernels: activations may be rounded to bf16 (bf16 weights on CPUs with
+    /// AVX512_BF16) or quantized to 8 bits per block (quantized weights), as llama.cpp does.
+    #[default]
+    Fast,
+    /// f32 activations against exactly widened or dequantized weights: the reference path.
+    Exact,
+}
+
 /// A computation over tensors.
 pub trait Op {
     /// The op's name, used in errors and logs.

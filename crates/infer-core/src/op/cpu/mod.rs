@@ -21,6 +21,7 @@ mod avx512_gemm;
 pub use simd::{Isa, fast_bf16, isa, set_fast_bf16};
 pub use vec::{axpy_f32, dot_f32};
 
+use super::Precision;
 use crate::base::{Error, Result};
 use crate::tensor::TensorData;
 use kernel::{Kernel, Scalar, Weight};
@@ -38,14 +39,22 @@ const PACKED_MIN_ROWS: usize = 64;
 ///
 /// Runs on the active kernel family ([`isa`]) with rayon over blocks of `n`. Errors (naming
 /// the sizes) when a slice length does not match its shape.
-pub fn matmul_nt(x: &[f32], w: TensorData<'_>, out: &mut [f32], m: usize, n: usize, k: usize) -> Result<()> {
+pub fn matmul_nt(
+    x: &[f32],
+    w: TensorData<'_>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    precision: Precision,
+) -> Result<()> {
     check_len("x", x.len(), m, k)?;
     check_len("w", w.len(), n, k)?;
     check_len("out", out.len(), m, n)?;
     if let TensorData::Quant(dtype, bytes) = w {
         return matmul_dequant_rows(dtype, bytes, x, out, m, n, k);
     }
-    matmul_with(simd::active(), fast_bf16(), x, w, out, m, n, k);
+    matmul_with(simd::active(), precision == Precision::Fast && fast_bf16(), x, w, out, m, n, k);
     Ok(())
 }
 
