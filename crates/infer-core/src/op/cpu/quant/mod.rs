@@ -39,12 +39,14 @@ pub(crate) const ROWS: usize = 4;
 pub(crate) type Kern = fn(DType, &[u8], &[ActRow<'_>], &mut [f32]);
 
 /// One quantized activation row: `qs` (k values), `d` (one scale per block), `sums` (the sum
-/// of `qs` per 32-block for the 32-element format, per 16 values for the 256-element one).
+/// of `qs` per 32-block for the 32-element format, per 16 values for the 256-element one) and,
+/// for the 32-element format, `ds = d · sum` per block (empty for the 256-element one).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub sums: &'a [i32],
+    pub ds: &'a [f32],
 }
 
 /// `m` activation rows of `k` values quantized to 8 bits: value `i` of a row is
@@ -57,6 +59,8 @@ pub(crate) struct QActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub sums: Vec<i32>,
+    /// `d · sum` per 32-block (empty for 256-blocks).
+    pub ds: Vec<f32>,
     /// Entries of `sums` per row.
     sums_per_row: usize,
 }
@@ -79,6 +83,7 @@ impl QActs {
             qs: vec![0; m * k],
             d: vec![0.0; m * k / block],
             sums: vec![0; m * sums_per_row],
+            ds: Vec::new(),
             sums_per_row,
         };
         if m == 0 || k == 0 {
@@ -96,6 +101,9 @@ impl QActs {
                 }
             }
         });
+        if block == 32 {
+            a.ds = a.d.iter().zip(&a.sums).map(|(d, s)| d * *s as f32).collect();
+        }
         a
     }
 
@@ -106,6 +114,7 @@ impl QActs {
             qs: &self.qs[i * self.k..(i + 1) * self.k],
             d: &self.d[i * nd..(i + 1) * nd],
             sums: &self.sums[i * ns..(i + 1) * ns],
+            ds: if self.ds.is_empty() { &[] } else { &self.ds[i * nd..(i + 1) * nd] },
         }
     }
 }

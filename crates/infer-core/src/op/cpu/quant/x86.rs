@@ -22,6 +22,14 @@ macro_rules! by_rows {
             _ => $k::<4>($w, $a, $o),
         }
     };
+    ($k:ident, $t:literal, $w:expr, $a:expr, $o:expr) => {
+        match $a.len() {
+            1 => $k::<1, $t>($w, $a, $o),
+            2 => $k::<2, $t>($w, $a, $o),
+            3 => $k::<3, $t>($w, $a, $o),
+            _ => $k::<4, $t>($w, $a, $o),
+        }
+    };
 }
 
 /// Expands to the kernels for target features `$feat` (must include AVX2, FMA and F16C).
@@ -91,59 +99,87 @@ macro_rules! quant_kernels {
             _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d), acc)
         }
 
-        #[target_feature(enable = $feat)]
-        pub(super) fn q8_0<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-            assert!(acts.len() == R && out.len() == R, "the dispatcher passes R rows");
-            let mut acc = [_mm256_setzero_ps(); R];
-            for (b, blk) in w.chunks_exact(34).enumerate() {
-                let dw = f16le(blk, 0);
-                let q = ld(&blk[2..]);
-                let u = _mm256_sign_epi8(q, q); // |w| (-128 → 128 as u8)
-                for r in 0..R {
-                    let a = ld_i8(&acts[r].qs[32 * b..]);
-                    let p = mul_sum(u, _mm256_sign_epi8(a, q)); // |w|·(sign(w)·a), |a| <= 127
-                    acc[r] = fma_i32(p, dw * acts[r].d[b], acc[r]);
-                }
-            }
-            for r in 0..R {
-                out[r] = hsum(acc[r]);
+        /// Bytes per block of the 32-element weight type `T` (0: Q8_0, 1: Q4_0, 2: Q4_1).
+        const fn bytes32(t: u8) -> usize {
+            match t {
+                0 => 34,
+                1 => 18,
+                _ => 20,
             }
         }
 
+        /// One 32-element block `blk` of type `T` (see [`bytes32`]) against block `b` of each
+        /// activation row: `acc[r] += d_w·d_a · Σ q·a` in the lanes, and into `extra[r]` the
+        /// offset or min term through the block sum `ds = d_a · Σ a`: Q4_0 `-8·d_w·ds` (its
+        /// values are `q - 8`), Q4_1 `m·ds`. Q8_0 uses the sign trick: `|q| · (sign(q)·a)`.
+        ///
+        /// # Safety
+        /// Every row of `acts` holds more than `b` blocks (`qs`, `d` and `ds`).
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub(super) fn q4_0<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-            assert!(acts.len() == R && out.len() == R, "the dispatcher passes R rows");
-            let (mut acc, mut off) = ([_mm256_setzero_ps(); R], [0.0f32; R]);
-            for (b, blk) in w.chunks_exact(18).enumerate() {
-                let dw = f16le(blk, 0);
-                let u = nibbles(&blk[2..]);
-                for r in 0..R {
-                    let a = &acts[r];
-                    let d = dw * a.d[b];
-                    acc[r] = fma_i32(mul_sum(u, ld_i8(&a.qs[32 * b..])), d, acc[r]);
-                    off[r] += d * (8 * a.sums[b]) as f32; // Σ (q - 8)·a = Σ q·a - 8·Σ a
+        unsafe fn step32<const R: usize, const T: u8>(
+            blk: &[u8],
+            b: usize,
+            acts: &[ActRow<'_>],
+            acc: &mut [__m256; R],
+            extra: &mut [f32; R],
+        ) {
+            let (u, sign, dw, e) = match T {
+                0 => {
+                    let q = ld(&blk[2..]);
+                    (_mm256_sign_epi8(q, q), q, f16le(blk, 0), 0.0) // |q|: -128 → 128 as u8
                 }
-            }
+                1 => {
+                    let dw = f16le(blk, 0);
+                    (nibbles(&blk[2..]), _mm256_setzero_si256(), dw, -8.0 * dw)
+                }
+                _ => (nibbles(&blk[4..]), _mm256_setzero_si256(), f16le(blk, 0), f16le(blk, 2)),
+            };
             for r in 0..R {
-                out[r] = hsum(acc[r]) - off[r];
+                let a = &acts[r];
+                // SAFETY: the caller guarantees block `b` of every row: 32 bytes of `qs` at
+                // 32·b and entry `b` of `d` and `ds`.
+                let (s, da, ds) = unsafe {
+                    (
+                        _mm256_loadu_si256(a.qs.as_ptr().add(32 * b).cast()),
+                        *a.d.get_unchecked(b),
+                        *a.ds.get_unchecked(b),
+                    )
+                };
+                let s = if T == 0 { _mm256_sign_epi8(s, sign) } else { s }; // |a| <= 127
+                acc[r] = fma_i32(mul_sum(u, s), dw * da, acc[r]);
+                if T != 0 {
+                    extra[r] += e * ds;
+                }
             }
         }
 
+        /// Q8_0 (`T = 0`), Q4_0 (1) or Q4_1 (2) weights against 32-block activations, two blocks
+        /// per step into separate accumulators (independent FMA and add chains).
         #[target_feature(enable = $feat)]
-        pub(super) fn q4_1<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-            assert!(acts.len() == R && out.len() == R, "the dispatcher passes R rows");
-            let (mut acc, mut mins) = ([_mm256_setzero_ps(); R], [0.0f32; R]);
-            for (b, blk) in w.chunks_exact(20).enumerate() {
-                let (dw, mw) = (f16le(blk, 0), f16le(blk, 2));
-                let u = nibbles(&blk[4..]);
-                for r in 0..R {
-                    let a = &acts[r];
-                    acc[r] = fma_i32(mul_sum(u, ld_i8(&a.qs[32 * b..])), dw * a.d[b], acc[r]);
-                    mins[r] += mw * a.d[b] * a.sums[b] as f32; // Σ (d·q + m)·a = d·Σ q·a + m·Σ a
+        pub(super) fn kern32<const R: usize, const T: u8>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+            let bb = bytes32(T);
+            let nb = w.len() / bb;
+            assert!(acts.len() == R && out.len() == R && w.len() == nb * bb, "the driver passes R rows, whole blocks");
+            for a in acts {
+                assert!(a.qs.len() >= 32 * nb && a.d.len() >= nb && a.ds.len() >= nb, "rows hold nb blocks");
+            }
+            let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+            let (mut ex0, mut ex1) = ([0.0f32; R], [0.0f32; R]);
+            let mut pairs = w.chunks_exact(2 * bb);
+            for (i, pair) in (&mut pairs).enumerate() {
+                // SAFETY: blocks 2i and 2i + 1 are < nb, which every row holds (asserted above).
+                unsafe {
+                    step32::<R, T>(&pair[..bb], 2 * i, acts, &mut acc0, &mut ex0);
+                    step32::<R, T>(&pair[bb..], 2 * i + 1, acts, &mut acc1, &mut ex1);
                 }
             }
+            if !pairs.remainder().is_empty() {
+                // SAFETY: the odd last block is nb - 1, which every row holds.
+                unsafe { step32::<R, T>(pairs.remainder(), nb - 1, acts, &mut acc0, &mut ex0) };
+            }
             for r in 0..R {
-                out[r] = hsum(acc[r]) + mins[r];
+                out[r] = hsum(_mm256_add_ps(acc0[r], acc1[r])) + (ex0[r] + ex1[r]);
             }
         }
 
@@ -238,9 +274,9 @@ macro_rules! quant_kernels {
         pub(super) fn run(dtype: crate::tensor::DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
             use crate::tensor::DType;
             match dtype {
-                DType::Q8_0 => crate::op::cpu::quant::x86::by_rows!(q8_0, w, acts, out),
-                DType::Q4_0 => crate::op::cpu::quant::x86::by_rows!(q4_0, w, acts, out),
-                DType::Q4_1 => crate::op::cpu::quant::x86::by_rows!(q4_1, w, acts, out),
+                DType::Q8_0 => crate::op::cpu::quant::x86::by_rows!(kern32, 0, w, acts, out),
+                DType::Q4_0 => crate::op::cpu::quant::x86::by_rows!(kern32, 1, w, acts, out),
+                DType::Q4_1 => crate::op::cpu::quant::x86::by_rows!(kern32, 2, w, acts, out),
                 DType::Q4_K => crate::op::cpu::quant::x86::by_rows!(q4_k, w, acts, out),
                 DType::Q6_K => crate::op::cpu::quant::x86::by_rows!(q6_k, w, acts, out),
                 DType::F32 | DType::BF16 | DType::F16 => {}
