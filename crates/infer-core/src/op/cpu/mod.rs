@@ -3,8 +3,12 @@
 //!
 //! Kernel families are picked at runtime ([`simd`]): AVX-512 (F/BW/VL + FMA), AVX2 (+ FMA,
 //! F16C), or portable Rust; non-x86 targets compile the portable path only. All `unsafe`
-//! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_gemm.rs`, `avx2.rs` and `vec.rs`;
-//! the drivers in `gemm.rs` are safe code over bounds-checked slices.
+//! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_gemm.rs`, `avx2.rs` and `vec.rs`
+//! (and `quant/{x86,avx2,avx512}.rs`); the drivers in `gemm.rs` and `quant/mod.rs` are safe
+//! code over bounds-checked slices.
+//!
+//! Block-quantized weights go to [`quant`] (integer dots on 8-bit activations) under
+//! [`Precision::Fast`], or are dequantized one row at a time under [`Precision::Exact`].
 
 mod gemm;
 mod kernel;
@@ -35,8 +39,9 @@ const GEMV_MAX_ROWS: usize = 4;
 #[cfg(target_arch = "x86_64")]
 const PACKED_MIN_ROWS: usize = 64;
 
-/// `out[i, j] = Σ_l x[i, l] · w[j, l]`: `x` is `[m, k]` f32, `w` is `[n, k]` (f32, bf16 or f16,
-/// read in place, never widened as a whole), `out` is `[m, n]` f32; all row-major.
+/// `out[i, j] = Σ_l x[i, l] · w[j, l]`: `x` is `[m, k]` f32, `w` is `[n, k]` (f32, bf16, f16 or
+/// block-quantized, read in place, never widened as a whole), `out` is `[m, n]` f32; all
+/// row-major. `precision` picks the fast or exact path for bf16 and quantized weights.
 ///
 /// Runs on the active kernel family ([`isa`]) with rayon over blocks of `n`. Errors (naming
 /// the sizes) when a slice length does not match its shape.

@@ -227,10 +227,13 @@ pub(crate) fn matmul_fast(
     }
     // [n, m]: each task writes the outputs of its weight rows, transposed at the end.
     let mut cols = vec![0.0f32; n * m];
+    // Activation groups outer: a group ([`ROWS`] rows) stays in L1 while the task's weight rows
+    // (at most 64, in L2) stream past it, instead of every weight row re-reading all of `x`.
     cols.par_chunks_mut(per_task * m).zip(w.par_chunks(per_task * row_bytes)).for_each(|(c, w)| {
-        for (c, w) in c.chunks_exact_mut(m).zip(w.chunks_exact(row_bytes)) {
-            for (c, a) in c.chunks_mut(ROWS).zip(rows.chunks(ROWS)) {
-                kern(dtype, w, a, c);
+        for (g, a) in rows.chunks(ROWS).enumerate() {
+            let i0 = g * ROWS;
+            for (c, w) in c.chunks_exact_mut(m).zip(w.chunks_exact(row_bytes)) {
+                kern(dtype, w, a, &mut c[i0..i0 + a.len()]);
             }
         }
     });
