@@ -58,6 +58,15 @@ macro_rules! quant_kernels {
             unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
         }
 
+        /// 16 i32 from the start of `s` as two vectors (panics if shorter).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn ld_sums(s: &[i32]) -> (__m256i, __m256i) {
+            let s = &s[..16];
+            // SAFETY: `s` has exactly 16 readable i32 (64 bytes); the loads are unaligned.
+            unsafe { (_mm256_loadu_si256(s.as_ptr().cast()), _mm256_loadu_si256(s[8..].as_ptr().cast())) }
+        }
+
         /// 16 bytes of packed nibbles → 32 bytes: low nibbles, then high nibbles.
         #[inline]
         #[target_feature(enable = $feat)]
@@ -186,7 +195,7 @@ macro_rules! quant_kernels {
         #[target_feature(enable = $feat)]
         pub(super) fn q4_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
             assert!(acts.len() == R && out.len() == R, "the dispatcher passes R rows");
-            let (mut acc, mut mins) = ([_mm256_setzero_ps(); R], [0.0f32; R]);
+            let (mut acc, mut mins) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
             let m4 = _mm256_set1_epi8(0x0f);
             for (b, blk) in w.chunks_exact(144).enumerate() {
                 let (dw, dmin) = (f16le(blk, 0), f16le(blk, 2));
@@ -208,23 +217,26 @@ macro_rules! quant_kernels {
                         sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p0, p1));
                     }
                 }
+                // Sub-block j's min applies to the activation sums 2j and 2j + 1.
+                let m_lo = _mm256_setr_epi32(mn[0], mn[0], mn[1], mn[1], mn[2], mn[2], mn[3], mn[3]);
+                let m_hi = _mm256_setr_epi32(mn[4], mn[4], mn[5], mn[5], mn[6], mn[6], mn[7], mn[7]);
                 for r in 0..R {
                     let a = &acts[r];
                     acc[r] = fma_i32(sumi[r], dw * a.d[b], acc[r]);
-                    let s = &a.sums[16 * b..16 * b + 16];
-                    let summ: i32 = (0..8).map(|j| mn[j] * (s[2 * j] + s[2 * j + 1])).sum();
-                    mins[r] += dmin * a.d[b] * summ as f32;
+                    let (s_lo, s_hi) = ld_sums(&a.sums[16 * b..]);
+                    let summ = _mm256_add_epi32(_mm256_mullo_epi32(m_lo, s_lo), _mm256_mullo_epi32(m_hi, s_hi));
+                    mins[r] = fma_i32(summ, dmin * a.d[b], mins[r]);
                 }
             }
             for r in 0..R {
-                out[r] = hsum(acc[r]) - mins[r];
+                out[r] = hsum(_mm256_sub_ps(acc[r], mins[r]));
             }
         }
 
         #[target_feature(enable = $feat)]
         pub(super) fn q6_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
             assert!(acts.len() == R && out.len() == R, "the dispatcher passes R rows");
-            let (mut acc, mut off) = ([_mm256_setzero_ps(); R], [0.0f32; R]);
+            let mut acc = [_mm256_setzero_ps(); R];
             let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
             for (b, blk) in w.chunks_exact(210).enumerate() {
                 let dw = f16le(blk, 208);
@@ -255,17 +267,24 @@ macro_rules! quant_kernels {
                         }
                     }
                 }
+                // SAFETY: `blk` is a whole 210-byte block: bytes 192..208 are the 16 scales.
+                let (sc_lo, sc_hi) = unsafe {
+                    (
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk[192..200].as_ptr().cast())),
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk[200..208].as_ptr().cast())),
+                    )
+                };
                 for r in 0..R {
                     let a = &acts[r];
-                    let d = dw * a.d[b];
-                    acc[r] = fma_i32(sumi[r], d, acc[r]);
-                    // Σ_g sc_g · Σ (q - 32)·a = Σ_g sc_g · Σ q·a - 32 · Σ_g sc_g · sum_g.
-                    let s = &a.sums[16 * b..16 * b + 16];
-                    off[r] += d * (32 * (0..16).map(|g| sc[g] * s[g]).sum::<i32>()) as f32;
+                    // Σ_g sc_g · Σ (q - 32)·a = Σ_g sc_g · Σ q·a - 32 · Σ_g sc_g · sum_g (in lanes).
+                    let (s_lo, s_hi) = ld_sums(&a.sums[16 * b..]);
+                    let off = _mm256_add_epi32(_mm256_mullo_epi32(sc_lo, s_lo), _mm256_mullo_epi32(sc_hi, s_hi));
+                    let sumi = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32::<5>(off));
+                    acc[r] = fma_i32(sumi, dw * a.d[b], acc[r]);
                 }
             }
             for r in 0..R {
-                out[r] = hsum(acc[r]) - off[r];
+                out[r] = hsum(acc[r]);
             }
         }
 
