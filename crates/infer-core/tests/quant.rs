@@ -157,6 +157,17 @@ fn fast_matmul_is_within_the_activation_rounding_bound_of_exact() {
 }
 
 #[test]
+fn quantized_matmul_handles_empty_shapes() {
+    for p in [Precision::Fast, Precision::Exact] {
+        let mut out = vec![5.0; 3];
+        matmul_nt(&[], TensorData::Quant(DType::Q4_K, &[]), &mut out, 3, 1, 0, p).unwrap();
+        assert_eq!(out, [0.0; 3], "{p:?}: k = 0 is the empty sum");
+        matmul_nt(&[], TensorData::Quant(DType::Q4_K, &[0u8; 144]), &mut [], 0, 1, 256, p).unwrap();
+        matmul_nt(&[0.0; 256], TensorData::Quant(DType::Q4_K, &[]), &mut [], 1, 0, 256, p).unwrap();
+    }
+}
+
+#[test]
 fn quantized_matmul_rejects_partial_blocks() {
     let w = vec![0u8; 34 * 2];
     let mut out = vec![0.0; 2];

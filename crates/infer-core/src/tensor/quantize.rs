@@ -3,15 +3,15 @@
 //! order so that Q8_0/Q4_0/Q4_1 match ggml and gguf-py bit for bit. The K-quants follow
 //! `make_qkx2_quants` (Q4_K) and `make_qx_quants` (Q6_K) without an importance matrix.
 //!
-//! Entry points: [`quantize`] (into a buffer) and [`quantize_to_vec`]. Rows of a matrix are
-//! simply consecutive blocks, so a `[n, k]` tensor is quantized by passing all `n·k` values
-//! (`k` a multiple of the block size).
+//! Entry points: [`quantize`] (into a buffer), [`quantize_to_vec`] and [`quantize_tensor`].
+//! Rows of a matrix are simply consecutive blocks, so a `[n, k]` tensor is quantized by
+//! passing all `n·k` values (`k` a multiple of the block size), or any whole rows at a time.
 
 use half::f16;
 use rayon::prelude::*;
 
-use super::DType;
 use super::quant::scale_min_k4;
+use super::{DType, Tensor};
 use crate::base::{Error, Result};
 
 /// Blocks per rayon task (a block is independent of its neighbours).
@@ -51,6 +51,21 @@ pub fn quantize_to_vec(dtype: DType, src: &[f32]) -> Result<Vec<u8>> {
     let mut out = vec![0u8; len];
     quantize(dtype, src, &mut out)?;
     Ok(out)
+}
+
+/// A float tensor (f32/bf16/f16, or a quantized one, on the host or a GPU) quantized to
+/// `dtype`, same shape; its last dim must be whole blocks. Widens to f32 first, so this needs
+/// `4·numel` bytes of scratch: quantize very large tensors by whole rows with [`quantize`].
+pub fn quantize_tensor(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    let shape = t.shape();
+    if !dtype.is_quantized() || shape.last().is_none_or(|&k| !k.is_multiple_of(dtype.block_size())) {
+        return Err(Error::InvalidArgument(format!(
+            "cannot quantize a tensor of shape {shape:?} to {dtype}: its rows must be whole {}-element blocks",
+            dtype.block_size()
+        )));
+    }
+    let bytes = quantize_to_vec(dtype, &t.to_f32_vec()?)?;
+    Tensor::from_quantized(shape, dtype, bytes)
 }
 
 fn put_f16(y: &mut [u8], at: usize, v: f32) {
@@ -358,6 +373,17 @@ mod tests {
         assert!(quantize_to_vec(DType::F32, &[0.0; 32]).is_err());
         assert!(quantize(DType::Q8_0, &[0.0; 32], &mut [0u8; 33]).is_err());
         assert_eq!(quantize_to_vec(DType::Q8_0, &[0.0; 64]).unwrap().len(), 68);
+    }
+
+    #[test]
+    fn quantize_tensor_keeps_the_shape() {
+        let t = Tensor::from_f32(&[2, 64], (0..128).map(|i| i as f32 / 64.0 - 1.0).collect()).unwrap();
+        let q = quantize_tensor(&t, DType::Q8_0).unwrap();
+        assert_eq!((q.shape(), q.dtype()), (&[2, 64][..], DType::Q8_0));
+        let back = q.to_f32_vec().unwrap();
+        assert!(back.iter().zip(t.as_f32().unwrap()).all(|(a, b)| (a - b).abs() < 0.005));
+        assert!(quantize_tensor(&t, DType::Q4_K).is_err());
+        assert!(quantize_tensor(&t, DType::F16).is_err());
     }
 
     #[test]

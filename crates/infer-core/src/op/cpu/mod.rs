@@ -89,6 +89,10 @@ fn matmul_dequant_rows(
             format!("{dtype} weights: {} bytes, expected {n} rows of {row_bytes}", w.len()),
         ));
     }
+    if m == 0 || n == 0 || k == 0 {
+        out.fill(0.0); // nothing to write, or the empty sum
+        return Ok(());
+    }
     let mut cols = vec![0.0f32; m * n]; // [n, m]: each task writes one weight row's outputs
     // One f32 row buffer per rayon task (reused across the rows the task takes).
     cols.par_chunks_mut(m).zip(w.par_chunks_exact(row_bytes)).with_min_len(4).try_for_each_init(

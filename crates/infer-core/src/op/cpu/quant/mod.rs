@@ -213,6 +213,10 @@ pub(crate) fn matmul_fast(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    if k == 0 {
+        out.fill(0.0); // the empty sum
+        return Ok(());
+    }
     let acts = QActs::quantize(x, k, QActs::block_for(dtype));
     let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
     // Weight rows per task: enough tasks to balance (4 per thread), at most 64 rows.
