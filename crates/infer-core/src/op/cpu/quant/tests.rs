@@ -66,7 +66,7 @@ fn integer_kernels_match_f64_on_the_same_8bit_activations() {
         for dtype in TYPES {
             let mut shapes = SHAPES.to_vec();
             if dtype.block_size() == 32 {
-                shapes.extend([(3, 11, 96), (17, 3, 32)]);
+                shapes.extend([(3, 11, 96), (17, 3, 32), (1, 5, 352), (5, 3, 800)]);
             }
             for (m, n, k) in shapes {
                 let (w, wf) = weights(dtype, n, k, (n * 31 + k) as u64);
@@ -90,7 +90,7 @@ fn integer_kernels_match_f64_on_the_same_8bit_activations() {
 
 #[test]
 fn simd_kernels_agree_with_scalar() {
-    let (m, n, k) = (6, 13, 1024);
+    let (m, n, k) = (5, 13, 1280); // rows 4 + 1: both the multi-row and the one-row kernels
     for dtype in TYPES {
         let (w, wf) = weights(dtype, n, k, 5);
         let x = acts(m, k, 9);

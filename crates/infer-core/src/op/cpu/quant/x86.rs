@@ -38,7 +38,6 @@ macro_rules! quant_kernels {
         use std::arch::x86_64::*;
 
         use crate::op::cpu::quant::ActRow;
-        use crate::tensor::quant::scale_min_k4;
 
         /// 32 bytes from the start of `s` (panics if shorter).
         #[inline]
@@ -163,8 +162,67 @@ macro_rules! quant_kernels {
             }
         }
 
-        /// Q8_0 (`T = 0`), Q4_0 (1) or Q4_1 (2) weights against 32-block activations, two blocks
-        /// per step into separate accumulators (independent FMA and add chains).
+        /// Lane `j` = the sum of the eight lanes of `p[j]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn reduce8(p: &[__m256i; 8]) -> __m256i {
+            // hadd pairs lanes within 128-bit halves: q0 = [Σlo p0..p3 | Σhi p0..p3], q1 likewise.
+            let q0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            let q1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+            _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(q0, q1), _mm256_permute2x128_si256::<0x31>(q0, q1))
+        }
+
+        /// The f16 at byte `off` of each of the 8 consecutive `bb`-byte blocks of `g`, as f32.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn f16x8(g: &[u8], bb: usize, off: usize) -> __m256 {
+            let h = |j: usize| u16::from_le_bytes([g[j * bb + off], g[j * bb + off + 1]]) as i16;
+            _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)))
+        }
+
+        /// One activation row (decode), 8 blocks per step: the 8 integer dots are reduced to one
+        /// vector (lane = block) and scaled by 8 weight × activation scales at once, instead of
+        /// a broadcast and FMA per block. Returns the f32 lanes and the offset/min lanes for the
+        /// first `8·⌊nb/8⌋` blocks.
+        ///
+        /// # Safety
+        /// `a` holds at least `nb = w.len() / bytes32(T)` blocks (`qs`, `d` and `ds`).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn groups8<const T: u8>(w: &[u8], a: &ActRow<'_>) -> (__m256, __m256) {
+            let bb = bytes32(T);
+            let (mut acc, mut ex) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for (gi, g) in w.chunks_exact(8 * bb).enumerate() {
+                let mut p = [_mm256_setzero_si256(); 8];
+                for (j, (p, blk)) in p.iter_mut().zip(g.chunks_exact(bb)).enumerate() {
+                    // SAFETY: block 8·gi + j < nb, whose 32 values the caller guarantees.
+                    let s = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(32 * (8 * gi + j)).cast()) };
+                    *p = match T {
+                        0 => {
+                            let q = ld(&blk[2..]);
+                            mul_sum(_mm256_sign_epi8(q, q), _mm256_sign_epi8(s, q))
+                        }
+                        1 => mul_sum(nibbles(&blk[2..]), s),
+                        _ => mul_sum(nibbles(&blk[4..]), s),
+                    };
+                }
+                let dw = f16x8(g, bb, 0);
+                // SAFETY: entries 8·gi..8·gi + 8 of `d` and `ds` are blocks < nb (caller).
+                let (da, ds) =
+                    unsafe { (_mm256_loadu_ps(a.d.as_ptr().add(8 * gi)), _mm256_loadu_ps(a.ds.as_ptr().add(8 * gi))) };
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&p)), _mm256_mul_ps(dw, da), acc);
+                match T {
+                    1 => ex = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(-8.0)), ds, ex),
+                    2 => ex = _mm256_fmadd_ps(f16x8(g, bb, 2), ds, ex),
+                    _ => {}
+                }
+            }
+            (acc, ex)
+        }
+
+        /// Q8_0 (`T = 0`), Q4_0 (1) or Q4_1 (2) weights against 32-block activations: one row
+        /// in groups of 8 blocks ([`groups8`]), several rows two blocks per step into separate
+        /// accumulators (independent FMA and add chains).
         #[target_feature(enable = $feat)]
         pub(super) fn kern32<const R: usize, const T: u8>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
             let bb = bytes32(T);
@@ -175,12 +233,20 @@ macro_rules! quant_kernels {
             }
             let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
             let (mut ex0, mut ex1) = ([0.0f32; R], [0.0f32; R]);
-            let mut pairs = w.chunks_exact(2 * bb);
+            let mut first = 0;
+            if R == 1 {
+                // SAFETY: the row holds nb blocks (asserted above).
+                let (acc, ex) = unsafe { groups8::<T>(w, &acts[0]) };
+                (acc0[0], ex0[0]) = (acc, hsum(ex));
+                first = nb / 8 * 8;
+            }
+            let mut pairs = w[first * bb..].chunks_exact(2 * bb);
             for (i, pair) in (&mut pairs).enumerate() {
-                // SAFETY: blocks 2i and 2i + 1 are < nb, which every row holds (asserted above).
+                let b = first + 2 * i;
+                // SAFETY: blocks b and b + 1 are < nb, which every row holds (asserted above).
                 unsafe {
-                    step32::<R, T>(&pair[..bb], 2 * i, acts, &mut acc0, &mut ex0);
-                    step32::<R, T>(&pair[bb..], 2 * i + 1, acts, &mut acc1, &mut ex1);
+                    step32::<R, T>(&pair[..bb], b, acts, &mut acc0, &mut ex0);
+                    step32::<R, T>(&pair[bb..], b + 1, acts, &mut acc1, &mut ex1);
                 }
             }
             if !pairs.remainder().is_empty() {
@@ -192,44 +258,58 @@ macro_rules! quant_kernels {
             }
         }
 
+        /// The 8 six-bit scales and mins of a Q4_K block's 12 packed bytes (see
+        /// `scale_min_k4`), unpacked with ggml's 32-bit masks, as 8 i32 lanes each.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn scales_k4(q: &[u8]) -> (__m256i, __m256i) {
+            const K1: u32 = 0x3f3f_3f3f;
+            const K2: u32 = 0x0f0f_0f0f;
+            const K3: u32 = 0x0303_0303;
+            let u = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+            let (u0, u1, u2) = (u(0), u(1), u(2));
+            let sc = [u0 & K1, (u2 & K2) | (((u0 >> 6) & K3) << 4)];
+            let mn = [u1 & K1, ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4)];
+            let lanes = |v: [u32; 2]| {
+                _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((u64::from(v[0]) | (u64::from(v[1]) << 32)) as i64))
+            };
+            (lanes(sc), lanes(mn))
+        }
+
         #[target_feature(enable = $feat)]
         pub(super) fn q4_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
             assert!(acts.len() == R && out.len() == R, "the dispatcher passes R rows");
-            let (mut acc, mut mins) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+            let mut acc = [_mm256_setzero_ps(); R];
             let m4 = _mm256_set1_epi8(0x0f);
             for (b, blk) in w.chunks_exact(144).enumerate() {
                 let (dw, dmin) = (f16le(blk, 0), f16le(blk, 2));
-                let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
-                for j in 0..8 {
-                    let (s, m) = scale_min_k4(j, &blk[4..16]);
-                    (sc[j], mn[j]) = (i32::from(s), i32::from(m));
-                }
-                let mut sumi = [_mm256_setzero_si256(); R];
+                let (sc, mn) = scales_k4(&blk[4..16]);
+                // Sub-block j (32 values): the low (even j) or high (odd j) nibbles of 32 bytes.
+                let mut u = [_mm256_setzero_si256(); 8];
                 for c in 0..4 {
-                    // 64 elements: the low then the high nibbles of 32 bytes.
                     let x = ld(&blk[16 + 32 * c..]);
-                    let (lo, hi) = (_mm256_and_si256(x, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(x), m4));
-                    let (s0, s1) = (_mm256_set1_epi32(sc[2 * c]), _mm256_set1_epi32(sc[2 * c + 1]));
-                    for r in 0..R {
-                        let q = &acts[r].qs[256 * b + 64 * c..];
-                        let p0 = _mm256_mullo_epi32(mul_sum(lo, ld_i8(q)), s0);
-                        let p1 = _mm256_mullo_epi32(mul_sum(hi, ld_i8(&q[32..])), s1);
-                        sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p0, p1));
-                    }
+                    u[2 * c] = _mm256_and_si256(x, m4);
+                    u[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(x), m4);
                 }
-                // Sub-block j's min applies to the activation sums 2j and 2j + 1.
-                let m_lo = _mm256_setr_epi32(mn[0], mn[0], mn[1], mn[1], mn[2], mn[2], mn[3], mn[3]);
-                let m_hi = _mm256_setr_epi32(mn[4], mn[4], mn[5], mn[5], mn[6], mn[6], mn[7], mn[7]);
                 for r in 0..R {
                     let a = &acts[r];
-                    acc[r] = fma_i32(sumi[r], dw * a.d[b], acc[r]);
+                    let q = &a.qs[256 * b..256 * b + 256];
+                    let mut p = [_mm256_setzero_si256(); 8];
+                    for j in 0..8 {
+                        p[j] = mul_sum(u[j], ld_i8(&q[32 * j..]));
+                    }
+                    // Lane j: scale_j · Σ q·a over sub-block j.
+                    let sumi = _mm256_mullo_epi32(reduce8(&p), sc);
+                    // Lane j: min_j · (sum_2j + sum_2j+1); hadd leaves the pairs as 0 1 4 5 | 2 3 6 7.
                     let (s_lo, s_hi) = ld_sums(&a.sums[16 * b..]);
-                    let summ = _mm256_add_epi32(_mm256_mullo_epi32(m_lo, s_lo), _mm256_mullo_epi32(m_hi, s_hi));
-                    mins[r] = fma_i32(summ, dmin * a.d[b], mins[r]);
+                    let pairs = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(s_lo, s_hi));
+                    let summ = _mm256_mullo_epi32(pairs, mn);
+                    let acc_r = fma_i32(sumi, dw * a.d[b], acc[r]);
+                    acc[r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(summ), _mm256_set1_ps(dmin * a.d[b]), acc_r);
                 }
             }
             for r in 0..R {
-                out[r] = hsum(_mm256_sub_ps(acc[r], mins[r]));
+                out[r] = hsum(acc[r]);
             }
         }
 
