@@ -25,98 +25,125 @@ pub(super) fn f16le(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
-/// `Σ w[i]·a[i]` over two equal-length integer slices.
+/// `Σ w[i]·a[i]` over `N` values (fixed length: the compiler vectorizes it).
 #[inline]
-fn idot(w: impl Iterator<Item = i32>, a: &[i8]) -> i32 {
-    w.zip(a).map(|(w, &a)| w * i32::from(a)).sum()
+fn idot<const N: usize>(w: &[i8], a: &[i8]) -> i32 {
+    w[..N].iter().zip(&a[..N]).map(|(&w, &a)| i32::from(w) * i32::from(a)).sum()
+}
+
+/// Walks the `bb`-byte blocks of `w`; `unpack` writes block `b`'s integer values (offset
+/// included where the format has one) and returns its per-block data; `dot` then adds block
+/// `b`'s contribution for one activation row to that row's sum. Each block is unpacked once
+/// for all rows.
+#[inline]
+fn blocks<const N: usize, D: Copy>(
+    w: &[u8],
+    bb: usize,
+    acts: &[ActRow<'_>],
+    out: &mut [f32],
+    unpack: impl Fn(&[u8], &mut [i8; N]) -> D,
+    dot: impl Fn(&[i8; N], D, &ActRow<'_>, usize) -> f32,
+) {
+    let mut q = [0i8; N];
+    out.fill(0.0);
+    for (b, blk) in w.chunks_exact(bb).enumerate() {
+        let data = unpack(blk, &mut q);
+        for (o, a) in out.iter_mut().zip(acts) {
+            *o += dot(&q, data, a, b);
+        }
+    }
+}
+
+/// The values of a 32-element 4-bit block: low nibbles are elements 0..16, high 16..32.
+#[inline]
+fn nibbles(q: &[u8], offset: i8, out: &mut [i8; 32]) {
+    for j in 0..16 {
+        out[j] = (q[j] & 0x0f) as i8 - offset;
+        out[j + 16] = (q[j] >> 4) as i8 - offset;
+    }
 }
 
 pub(super) fn q8_0(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-    for (o, a) in out.iter_mut().zip(acts) {
-        let mut s = 0.0f32;
-        for (b, blk) in w.chunks_exact(34).enumerate() {
-            let dot = idot(blk[2..34].iter().map(|&q| i32::from(q as i8)), &a.qs[32 * b..32 * b + 32]);
-            s += f16le(blk, 0) * a.d[b] * dot as f32;
-        }
-        *o = s;
-    }
-}
-
-/// `Σ nibble·a` of a 32-element 4-bit block (low nibbles: elements 0..16, high: 16..32).
-#[inline]
-fn nibble_dot(q: &[u8], a: &[i8]) -> i32 {
-    idot(q[..16].iter().map(|&q| i32::from(q & 0x0f)), &a[..16])
-        + idot(q[..16].iter().map(|&q| i32::from(q >> 4)), &a[16..32])
+    let unpack = |blk: &[u8], q: &mut [i8; 32]| {
+        q.iter_mut().zip(&blk[2..34]).for_each(|(q, &v)| *q = v as i8);
+        f16le(blk, 0)
+    };
+    blocks(w, 34, acts, out, unpack, |q, dw, a, b| dw * a.d[b] * idot::<32>(q, &a.qs[32 * b..]) as f32);
 }
 
 pub(super) fn q4_0(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-    for (o, a) in out.iter_mut().zip(acts) {
-        let mut s = 0.0f32;
-        for (b, blk) in w.chunks_exact(18).enumerate() {
-            // Σ (q - 8)·a = Σ q·a - 8·Σ a.
-            let dot = nibble_dot(&blk[2..18], &a.qs[32 * b..32 * b + 32]) - 8 * a.sums[b];
-            s += f16le(blk, 0) * a.d[b] * dot as f32;
-        }
-        *o = s;
-    }
+    let unpack = |blk: &[u8], q: &mut [i8; 32]| {
+        nibbles(&blk[2..18], 8, q);
+        f16le(blk, 0)
+    };
+    blocks(w, 18, acts, out, unpack, |q, dw, a, b| dw * a.d[b] * idot::<32>(q, &a.qs[32 * b..]) as f32);
 }
 
 pub(super) fn q4_1(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-    for (o, a) in out.iter_mut().zip(acts) {
-        let mut s = 0.0f32;
-        for (b, blk) in w.chunks_exact(20).enumerate() {
-            // Σ (d·q + m)·a = d·Σ q·a + m·Σ a.
-            let dot = nibble_dot(&blk[4..20], &a.qs[32 * b..32 * b + 32]);
-            s += a.d[b] * (f16le(blk, 0) * dot as f32 + f16le(blk, 2) * a.sums[b] as f32);
-        }
-        *o = s;
-    }
+    let unpack = |blk: &[u8], q: &mut [i8; 32]| {
+        nibbles(&blk[4..20], 0, q);
+        (f16le(blk, 0), f16le(blk, 2))
+    };
+    // Σ (d·q + m)·a = d·Σ q·a + m·Σ a.
+    let dot = |q: &[i8; 32], (dw, mw): (f32, f32), a: &ActRow<'_>, b: usize| {
+        a.d[b] * (dw * idot::<32>(q, &a.qs[32 * b..]) as f32 + mw * a.sums[b] as f32)
+    };
+    blocks(w, 20, acts, out, unpack, dot);
 }
 
 pub(super) fn q4_k(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-    for (o, a) in out.iter_mut().zip(acts) {
-        let mut s = 0.0f32;
-        for (b, blk) in w.chunks_exact(144).enumerate() {
-            let (qs, aq, sums) = (&blk[16..144], &a.qs[256 * b..256 * b + 256], &a.sums[16 * b..16 * b + 16]);
-            let (mut sumi, mut summ) = (0i32, 0i32);
-            for j in 0..8 {
-                let (sc, mn) = scale_min_k4(j, &blk[4..16]);
-                // Sub-block j: the low (even j) or high (odd j) nibbles of 32 bytes.
-                let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
-                let shift = 4 * (j % 2);
-                let dot = idot(q.iter().map(|&q| i32::from((q >> shift) & 0x0f)), &aq[32 * j..32 * j + 32]);
-                sumi += i32::from(sc) * dot;
-                summ += i32::from(mn) * (sums[2 * j] + sums[2 * j + 1]);
+    let unpack = |blk: &[u8], q: &mut [i8; 256]| {
+        // 64 values per 32 bytes: the low nibbles (sub-block 2c), then the high ones (2c + 1).
+        for (q, bytes) in q.chunks_exact_mut(64).zip(blk[16..144].chunks_exact(32)) {
+            let (lo, hi) = q.split_at_mut(32);
+            for ((lo, hi), &v) in lo.iter_mut().zip(hi).zip(bytes) {
+                (*lo, *hi) = ((v & 0x0f) as i8, (v >> 4) as i8);
             }
-            s += a.d[b] * (f16le(blk, 0) * sumi as f32 - f16le(blk, 2) * summ as f32);
         }
-        *o = s;
-    }
-}
-
-/// The 6-bit value (0..64, before the -32 offset) of element `e` of a Q6_K block.
-#[inline]
-fn q6_at(blk: &[u8], e: usize) -> i32 {
-    let (h, l) = (e / 128, e % 128);
-    let (t, i) = (l / 32, l % 32);
-    let ql = blk[64 * h + i + 32 * (t & 1)];
-    let lo = if t < 2 { ql & 0x0f } else { ql >> 4 };
-    let hi = (blk[128 + 32 * h + i] >> (2 * t)) & 3;
-    i32::from(lo | (hi << 4))
+        let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
+        for j in 0..8 {
+            let (s, m) = scale_min_k4(j, &blk[4..16]);
+            (sc[j], mn[j]) = (i32::from(s), i32::from(m));
+        }
+        (f16le(blk, 0), f16le(blk, 2), sc, mn)
+    };
+    let dot = |q: &[i8; 256], (dw, dmin, sc, mn): (f32, f32, [i32; 8], [i32; 8]), a: &ActRow<'_>, b: usize| {
+        let (aq, sums) = (&a.qs[256 * b..256 * b + 256], &a.sums[16 * b..16 * b + 16]);
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for j in 0..8 {
+            sumi += sc[j] * idot::<32>(&q[32 * j..], &aq[32 * j..]);
+            summ += mn[j] * (sums[2 * j] + sums[2 * j + 1]);
+        }
+        a.d[b] * (dw * sumi as f32 - dmin * summ as f32)
+    };
+    blocks(w, 144, acts, out, unpack, dot);
 }
 
 pub(super) fn q6_k(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-    for (o, a) in out.iter_mut().zip(acts) {
-        let mut s = 0.0f32;
-        for (b, blk) in w.chunks_exact(210).enumerate() {
-            let aq = &a.qs[256 * b..256 * b + 256];
-            let mut sumi = 0i32;
-            for g in 0..16 {
-                let dot = idot((16 * g..16 * g + 16).map(|e| q6_at(blk, e) - 32), &aq[16 * g..16 * g + 16]);
-                sumi += i32::from(blk[192 + g] as i8) * dot;
+    let unpack = |blk: &[u8], q: &mut [i8; 256]| {
+        // Each half (128 values): 4 runs of 32, from the low/high nibbles of 64 bytes of ql
+        // and 2-bit fields of 32 bytes of qh.
+        for h in 0..2 {
+            let (ql, qh) = (&blk[64 * h..64 * h + 64], &blk[128 + 32 * h..160 + 32 * h]);
+            for t in 0..4 {
+                let (lo, shift) = (&ql[32 * (t & 1)..32 * (t & 1) + 32], 4 * (t / 2));
+                let run = &mut q[128 * h + 32 * t..128 * h + 32 * t + 32];
+                for i in 0..32 {
+                    let v = ((lo[i] >> shift) & 0x0f) | (((qh[i] >> (2 * t)) & 3) << 4);
+                    run[i] = v as i8 - 32;
+                }
             }
-            s += f16le(blk, 208) * a.d[b] * sumi as f32;
         }
-        *o = s;
-    }
+        let sc: [i32; 16] = std::array::from_fn(|g| i32::from(blk[192 + g] as i8));
+        (f16le(blk, 208), sc)
+    };
+    let dot = |q: &[i8; 256], (dw, sc): (f32, [i32; 16]), a: &ActRow<'_>, b: usize| {
+        let aq = &a.qs[256 * b..256 * b + 256];
+        let mut sumi = 0i32;
+        for g in 0..16 {
+            sumi += sc[g] * idot::<16>(&q[16 * g..], &aq[16 * g..]);
+        }
+        dw * a.d[b] * sumi as f32
+    };
+    blocks(w, 210, acts, out, unpack, dot);
 }

@@ -5,12 +5,19 @@
 //! products `u[4i..4i+4] · s[4i..4i+4]` of unsigned bytes `u` and signed bytes `s`.
 //!
 //! Every kernel takes one weight row (whole blocks), `R` activation rows and `R` outputs.
-//! Per 32 weights: unpack to unsigned bytes (sign trick for Q8_0: |w| and sign(w)·a), one
-//! `mul_sum` per activation row, then an f32 FMA with the block's scale (K-quants first
-//! scale the i32 lanes by their sub-block scales). Offsets (Q4_0's 8, Q6_K's 32) and mins
-//! (Q4_1, Q4_K) are applied per block through the activation block sums.
+//! Per 32 weights: unpack to unsigned bytes once (sign trick for Q8_0: |w| and sign(w)·a),
+//! then one `mul_sum` per activation row. Scaling:
 //!
-//! All loads go through bounds-checked slices of exactly the loaded size.
+//! * Q8_0/Q4_0/Q4_1, one row (decode): 8 blocks' i32 dots are reduced into one vector (lane =
+//!   block) and multiplied by the 8 weight × activation scales at once; several rows: an f32
+//!   FMA per block and row, two blocks per step into independent accumulators;
+//! * Q4_K: the 8 sub-block dots of a block are reduced into lanes and multiplied by the 8
+//!   six-bit scales; Q6_K: the i32 lanes are multiplied by their 16-value group's scale;
+//!   then one f32 FMA per block and row.
+//!
+//! Offsets (Q4_0's 8, Q6_K's 32) and mins (Q4_1, Q4_K) go through the activation block sums.
+//! Weight loads go through bounds-checked slices of exactly the loaded size; activation loads
+//! in the 32-block kernels use raw offsets after one length check per row.
 
 /// Runs kernel `$k` with `R = $a.len()` (1..=4; more panics in the kernel's row check).
 macro_rules! by_rows {
