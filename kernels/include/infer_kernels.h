@@ -40,6 +40,19 @@ cudaError_t infer_add_rms_norm_bf16(float *x, const void *delta, const void *wei
 cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, int m, int n, int k, int out_f32,
                             cudaStream_t stream);
 
+/* Decode GEMV (m == 1, or m <= 8 in the plain modes) with fusions, out[m, n] from w[n, k] bf16:
+ *   in_mode 0: x bf16 [m, k]
+ *   in_mode 1: RMSNorm fused in: x f32 [m, k] (residual stream), norm_weight bf16 [k]:
+ *              out = (x * norm_weight) . w^T * rsqrt(mean(x^2) + eps)   (= rms_norm(x) . w^T)
+ *   in_mode 2: SwiGLU fused in: x = gate_up bf16 [m, 2k] laid out [gate | up]: silu(gate) * up
+ *   out_mode 0: out bf16;  1: out f32;  2: out f32 += result (residual add, m == 1)
+ * Modes 1, 2 and out_mode 2 need m == 1. Same alignment rules as infer_gemv_bf16. */
+cudaError_t infer_gemv_fused_bf16(const void *x, const void *w, const void *norm_weight, float eps, void *out, int m,
+                                  int n, int k, int in_mode, int out_mode, cudaStream_t stream);
+
+/* x[i] += f32(delta[i]) for i < n: x f32, delta bf16 (residual add after a prefill GEMM). */
+cudaError_t infer_add_bf16_to_f32(float *x, const void *delta, size_t n, cudaStream_t stream);
+
 /* RoPE (Hugging Face rotate_half layout: pairs (j, j + head_dim/2)) on the fused projection
  * qkv [seq, (n_heads + 2 n_kv_heads) head_dim]; row i is at position pos0 + i with pos0 = *pos_dev.
  * Writes the rotated q to q_out [seq, n_heads head_dim], the rotated k and the v rows into the

@@ -4,6 +4,7 @@
 
 pub mod device;
 pub mod ffi;
+pub mod fused;
 pub mod ops;
 pub mod storage;
 

@@ -18,14 +18,14 @@ use crate::op::Positions;
 use crate::op::rope::RopeTable;
 use crate::tensor::{DType, Tensor};
 
-fn dev_of(op: &'static str, t: &Tensor) -> Result<Arc<CudaDevice>> {
+pub(super) fn dev_of(op: &'static str, t: &Tensor) -> Result<Arc<CudaDevice>> {
     let dev = t.cuda_storage().map_err(|e| Error::op(op, e.to_string()))?.dev.clone();
     dev.bind()?;
     Ok(dev)
 }
 
 /// Checks that `t` is a CUDA tensor of `dtype` on `dev`.
-fn expect(op: &'static str, what: &str, t: &Tensor, dtype: DType, dev: &CudaDevice) -> Result<()> {
+pub(super) fn expect(op: &'static str, what: &str, t: &Tensor, dtype: DType, dev: &CudaDevice) -> Result<()> {
     let s =
         t.cuda_storage().map_err(|_| Error::op(op, format!("{what} must be on {}, found on cpu", dev_name(dev))))?;
     if s.dev.ordinal != dev.ordinal {
@@ -41,15 +41,15 @@ fn dev_name(dev: &CudaDevice) -> String {
     format!("cuda:{}", dev.ordinal)
 }
 
-fn ptr(t: &Tensor) -> Result<*const c_void> {
+pub(super) fn ptr(t: &Tensor) -> Result<*const c_void> {
     Ok(t.cuda_storage()?.ptr())
 }
 
-fn ptr_mut(t: &mut Tensor) -> Result<*mut c_void> {
+pub(super) fn ptr_mut(t: &mut Tensor) -> Result<*mut c_void> {
     Ok(t.cuda_storage_mut()?.ptr_mut())
 }
 
-fn int(op: &'static str, v: usize) -> Result<i32> {
+pub(super) fn int(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::op(op, format!("size {v} exceeds the kernels' i32 range")))
 }
 

@@ -16,8 +16,9 @@ use super::weights::WeightSource;
 use super::{Model, workspace::Workspace};
 use crate::base::{DeviceType, Error, Result};
 use crate::op::embedding::{Ids, embedding_ids};
-use crate::op::{Positions, add_rms_norm::add_rms_norm, attention::attention};
-use crate::op::{linear::linear, matmul::matmul, rope::RopeTable, rope_kv::rope_kv, swiglu::swiglu};
+use crate::op::swiglu_matmul_add::swiglu_matmul_add;
+use crate::op::{Positions, Precision, attention::attention, matmul::matmul, matmul_add::matmul_add};
+use crate::op::{norm_linear::norm_linear, rms_norm::rms_norm, rope::RopeTable, rope_kv::rope_kv};
 use crate::tensor::{DType, Tensor};
 
 /// Default KV-cache length when the user does not choose one.
@@ -33,11 +34,13 @@ pub struct LoadOptions {
     pub context_length: Option<usize>,
     /// Show a progress bar while reading weights (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// CPU matmul precision: [`Precision::Fast`] (default) or the exact f32 reference path.
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: DeviceType::Cpu, context_length: None, progress: true }
+        LoadOptions { device: DeviceType::Cpu, context_length: None, progress: true, precision: Precision::default() }
     }
 }
 
@@ -103,6 +106,8 @@ pub struct Llama3 {
     pub(crate) config: LlamaConfig,
     pub(crate) dir: PathBuf,
     pub(crate) device: DeviceType,
+    /// CPU matmul precision chosen at load.
+    pub(crate) precision: Precision,
     pub(crate) weights: Weights,
     /// The mapped files behind CPU weights (dropped once weights are uploaded to a GPU).
     _store: Option<Box<dyn WeightSource>>,
@@ -220,6 +225,7 @@ impl Llama3 {
         Ok(Llama3 {
             dir,
             device: opts.device,
+            precision: opts.precision,
             weights,
             _store: store,
             #[cfg(feature = "cuda")]
@@ -348,21 +354,18 @@ impl Llama3 {
         let (dev_pos, dev_ids) = (None, None);
         let pos = Positions { start: pos0, device: dev_pos };
         embedding_ids(&Ids { host: ids, device: dev_ids }, &self.weights.embed_tokens, &mut ws.x)?; // [seq, hidden] f32
+        let p = self.precision;
         for (l, w) in self.weights.layers.iter().enumerate() {
-            // The previous layer's MLP output joins the residual stream here.
-            let delta = (l > 0).then_some(&ws.delta);
-            add_rms_norm(&mut ws.x, delta, &w.input_layernorm, eps, &mut ws.h)?; // [seq, hidden]
-            linear(&ws.h, &w.qkv_proj, &mut ws.qkv)?; // [seq, (n_heads + 2 n_kv_heads) * head_dim]
+            // [seq, (n_heads + 2 n_kv_heads) * head_dim]; ws.h: [seq, hidden] normed (unless fused)
+            norm_linear(&ws.x, &w.input_layernorm, eps, &w.qkv_proj, &mut ws.h, &mut ws.qkv, p)?;
             let (kc, vc) = self.cache.layer_mut(l)?; // [n_kv_heads, ctx, head_dim]
             rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?; // q: [seq, n_heads * head_dim]
             attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
-            matmul(&ws.att, &w.o_proj, &mut ws.delta)?; // [seq, hidden]
-            add_rms_norm(&mut ws.x, Some(&ws.delta), &w.post_attention_layernorm, eps, &mut ws.h)?;
-            linear(&ws.h, &w.gate_up_proj, &mut ws.gate_up)?; // [seq, 2 * intermediate]
-            swiglu(&ws.gate_up, &mut ws.act)?; // [seq, intermediate]
-            matmul(&ws.act, &w.down_proj, &mut ws.delta)?; // [seq, hidden]
+            matmul_add(&ws.att, &w.o_proj, &mut ws.delta, &mut ws.x, p)?; // x += att · o_projᵀ
+            norm_linear(&ws.x, &w.post_attention_layernorm, eps, &w.gate_up_proj, &mut ws.h, &mut ws.gate_up, p)?;
+            swiglu_matmul_add(&ws.gate_up, &w.down_proj, &mut ws.act, &mut ws.delta, &mut ws.x, p)?; // x += mlp
         }
-        add_rms_norm(&mut ws.x, Some(&ws.delta), &self.weights.norm, eps, &mut ws.h)
+        rms_norm(&ws.x, &self.weights.norm, eps, &mut ws.h) // [seq, hidden]
     }
 
     /// LM head over the last `rows_n` normed hidden rows of the chunk, written to logits rows
