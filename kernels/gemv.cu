@@ -19,6 +19,7 @@
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
+#define INFER_GEMV_FUSED_MAX_K 16384  // fused inputs live in 2k bytes of shared memory (<= 32 KB)
 
 // Implemented in gemm.cu (m > 8).
 cudaError_t infer_gemm_bf16_launch(const bf16 *x, const bf16 *w, void *out, int m, int n, int k, bool out_f32,
@@ -104,19 +105,33 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
     int c0 = lane;
     if (active) gemv_load_w<R, U>(wv, wr, c0, kv);
     pdl_wait();
+
+    // Fused inputs (m == 1): the block forms the input row once, as bf16 in shared memory, while
+    // the weight loads above are in flight; IN_NORM also reduces sum(x^2) over the block.
+    extern __shared__ uint4 sx[];  // [kv] chunks of 8 bf16 (fused modes only)
+    __shared__ float red[32];
+    float scale = 1.f;
+    if (IN != IN_BF16) {
+        float ss = 0.f;
+        for (int c = threadIdx.x; c < kv; c += GEMV_THREADS) {
+            float xf[8];
+            gemv_x8<IN>(a, 0, c, xf, ss);
+            sx[c] = pack8(xf);
+        }
+        if (IN == IN_NORM) scale = rsqrtf(block_sum(ss, red) / (float)k + a.eps);
+        __syncthreads();
+    }
     if (!active) return;  // whole warp leaves; no block-level synchronisation below
 
-    float acc[M][R], ss[M];
+    float acc[M][R];
 #pragma unroll
-    for (int mi = 0; mi < M; ++mi) {
-        ss[mi] = 0.f;
+    for (int mi = 0; mi < M; ++mi)
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[mi][r] = 0.f;
-    }
 
     while (c0 < kv) {
-        // Plain bf16 x: all loads of this step up front when they fit in registers (PRE_X).
-        constexpr bool PRE_X = IN == IN_BF16 && M * U <= 8;
+        // x loads for this step (all up front when they fit in registers, PRE_X); then the math.
+        constexpr bool PRE_X = M * U <= 8;
         uint4 xv[PRE_X ? U : 1][PRE_X ? M : 1];
         if (PRE_X) {
 #pragma unroll
@@ -125,8 +140,10 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
 #pragma unroll
                 for (int mi = 0; mi < M; ++mi)
                     xv[PRE_X ? u : 0][PRE_X ? mi : 0] =
-                        c < kv ? ld_cached16(static_cast<const bf16 *>(a.x) + (size_t)mi * k + (size_t)c * 8)
-                               : make_uint4(0, 0, 0, 0);
+                        c >= kv ? make_uint4(0, 0, 0, 0)
+                        : IN != IN_BF16
+                            ? sx[c]
+                            : ld_cached16(static_cast<const bf16 *>(a.x) + (size_t)mi * k + (size_t)c * 8);
             }
         }
 #pragma unroll
@@ -139,10 +156,10 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
 #pragma unroll
                 for (int mi = 0; mi < M; ++mi) {
                     float xf[8];
-                    if (PRE_X)
-                        unpack8(xv[PRE_X ? u : 0][PRE_X ? mi : 0], xf);
-                    else
-                        gemv_x8<IN>(a, mi, c, xf, ss[mi]);
+                    unpack8(PRE_X    ? xv[PRE_X ? u : 0][PRE_X ? mi : 0]
+                            : IN != IN_BF16 ? sx[c]
+                                            : ld_cached16(static_cast<const bf16 *>(a.x) + (size_t)mi * k + (size_t)c * 8),
+                            xf);
 #pragma unroll
                     for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -156,8 +173,6 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
 
 #pragma unroll
     for (int mi = 0; mi < M; ++mi) {
-        // Every warp walks the whole row, so its lanes together saw all of x: Σx² is complete.
-        const float scale = IN == IN_NORM ? rsqrtf(warp_sum(ss[mi]) / (float)k + a.eps) : 1.f;
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const float s = warp_sum(acc[mi][r]) * scale;
@@ -178,12 +193,14 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
 template <int M, int R, int U, int IN>
 static cudaError_t launch_gemv_out(const GemvArgs &a, int out, cudaStream_t s) {
     static_assert(M * R <= 32, "one lane stores each output");
+    static_assert(M == 1 || IN == IN_BF16, "fused inputs are formed for one row");
     const dim3 grid(infer_cdiv(a.n, GEMV_WARPS * R)), block(GEMV_THREADS);
+    const size_t smem = IN == IN_BF16 ? 0 : (size_t)a.k * sizeof(bf16);  // <= 48 KB: checked by the launcher
     switch (out) {
-        case OUT_BF16: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_BF16>), grid, block, 0, s, a); break;
-        case OUT_F32: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_F32>), grid, block, 0, s, a); break;
+        case OUT_BF16: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_BF16>), grid, block, smem, s, a); break;
+        case OUT_F32: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_F32>), grid, block, smem, s, a); break;
         default:
-            if (M == 1) INFER_LAUNCH((gemv_kernel<1, R, U, IN, OUT_ADD_F32>), grid, block, 0, s, a);
+            if (M == 1) INFER_LAUNCH((gemv_kernel<1, R, U, IN, OUT_ADD_F32>), grid, block, smem, s, a);
             break;
     }
     return cudaGetLastError();
@@ -224,6 +241,7 @@ extern "C" cudaError_t infer_gemv_fused_bf16(const void *x, const void *w, const
     INFER_CHECK_ARG(in_mode >= IN_BF16 && in_mode <= IN_SWIGLU && out_mode >= OUT_BF16 && out_mode <= OUT_ADD_F32);
     INFER_CHECK_ARG(x && w && out && infer_aligned16(x) && infer_aligned16(w));
     INFER_CHECK_ARG(in_mode != IN_NORM || (norm_weight && infer_aligned16(norm_weight)));
+    INFER_CHECK_ARG(in_mode == IN_BF16 || k <= INFER_GEMV_FUSED_MAX_K);
     const GemvArgs a{x, static_cast<const bf16 *>(w), out, static_cast<const bf16 *>(norm_weight), eps, n, k};
     return gemv_dispatch(a, m, in_mode, out_mode, stream);
 }

@@ -46,7 +46,8 @@ cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, int m, int 
  *              out = (x * norm_weight) . w^T * rsqrt(mean(x^2) + eps)   (= rms_norm(x) . w^T)
  *   in_mode 2: SwiGLU fused in: x = gate_up bf16 [m, 2k] laid out [gate | up]: silu(gate) * up
  *   out_mode 0: out bf16;  1: out f32;  2: out f32 += result (residual add, m == 1)
- * Modes 1, 2 and out_mode 2 need m == 1. Same alignment rules as infer_gemv_bf16. */
+ * Modes 1, 2 and out_mode 2 need m == 1; modes 1 and 2 need k <= 16384 (the block forms the input
+ * row once in shared memory). Same alignment rules as infer_gemv_bf16. */
 cudaError_t infer_gemv_fused_bf16(const void *x, const void *w, const void *norm_weight, float eps, void *out, int m,
                                   int n, int k, int in_mode, int out_mode, cudaStream_t stream);
 

@@ -3,10 +3,34 @@
 //! One GEMV kernel (`infer_gemv_fused_bf16`) covers every fusion: its input mode picks how the
 //! input row is formed, its output mode where the result goes.
 
+use std::sync::OnceLock;
+
 use super::ffi;
 use super::ops::{dev_of, expect, int, ptr, ptr_mut};
 use crate::base::{Error, Result};
 use crate::tensor::{DType, Tensor};
+
+/// Longest input row the fused input modes take (they stage it in shared memory).
+pub const FUSED_MAX_K: usize = 16384;
+
+/// A decode-step fusion that can be switched off for A/B timing with `INFER_FUSE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fusion {
+    /// RMSNorm inside the next GEMV (`norm_linear`).
+    Norm = 1,
+    /// SwiGLU inside the down-projection GEMV (`swiglu_matmul_add`).
+    SwiGlu = 2,
+    /// Residual add as the GEMV epilogue (`matmul_add`, `swiglu_matmul_add`).
+    Add = 4,
+}
+
+/// Whether `f` is on: every fusion by default; `INFER_FUSE=<bitmask>` (1 norm, 2 swiglu, 4 add;
+/// 0 = none) chooses, read once per process.
+pub fn enabled(f: Fusion) -> bool {
+    static MASK: OnceLock<u32> = OnceLock::new();
+    let mask = *MASK.get_or_init(|| std::env::var("INFER_FUSE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(7));
+    mask & f as u32 != 0
+}
 
 /// How the fused GEMV forms its input row (`in_mode` of `infer_gemv_fused_bf16`).
 #[derive(Debug, Clone, Copy)]

@@ -22,8 +22,8 @@ pub fn matmul_add(a: &Tensor, w: &Tensor, scratch: &mut Tensor, x: &mut Tensor, 
     check_shape(NAME, "scratch", scratch, &[rows, n])?;
     #[cfg(feature = "cuda")]
     if a.is_cuda() {
-        use crate::cuda::fused::{GemvIn, GemvOut, add_bf16_to_f32, gemv_fused};
-        if rows == 1 {
+        use crate::cuda::fused::{Fusion, GemvIn, GemvOut, add_bf16_to_f32, enabled, gemv_fused};
+        if rows == 1 && enabled(Fusion::Add) {
             return gemv_fused(a, w, GemvIn::Plain, x, GemvOut::Accumulate);
         }
         matmul_with_precision(a, w, scratch, precision)?;

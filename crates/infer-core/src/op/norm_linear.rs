@@ -35,7 +35,10 @@ pub fn norm_linear<W: Borrow<Tensor>>(
         return Err(Error::op(NAME, format!("eps must be positive, got {eps}")));
     }
     #[cfg(feature = "cuda")]
-    if let ([w], true, 1) = (ws, x.is_cuda(), rows) {
+    if let ([w], true, 1) = (ws, x.is_cuda(), rows)
+        && dim <= crate::cuda::fused::FUSED_MAX_K
+        && crate::cuda::fused::enabled(crate::cuda::fused::Fusion::Norm)
+    {
         let w = w.borrow();
         check_shape(NAME, "weight", w, &[w.shape()[0], dim])?;
         check_shape(NAME, "output", out, &[1, w.shape()[0]])?;

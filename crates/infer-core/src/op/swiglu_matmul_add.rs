@@ -28,7 +28,12 @@ pub fn swiglu_matmul_add(
     check_shape(NAME, "act", act, &[rows, inter])?;
     check_shape(NAME, "x", x, &[rows, n])?;
     #[cfg(feature = "cuda")]
-    if gate_up.is_cuda() && rows == 1 {
+    if gate_up.is_cuda()
+        && rows == 1
+        && inter <= crate::cuda::fused::FUSED_MAX_K
+        && crate::cuda::fused::enabled(crate::cuda::fused::Fusion::SwiGlu)
+        && crate::cuda::fused::enabled(crate::cuda::fused::Fusion::Add)
+    {
         use crate::cuda::fused::{GemvIn, GemvOut, gemv_fused};
         return gemv_fused(gate_up, w, GemvIn::SwiGlu, x, GemvOut::Accumulate);
     }
