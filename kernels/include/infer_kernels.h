@@ -82,6 +82,25 @@ cudaError_t infer_swiglu_bf16(const void *gate_up, void *out, int rows, int inte
 cudaError_t infer_argmax_f32(const float *logits, int n, int32_t *out_id, void *workspace, cudaStream_t stream);
 size_t infer_argmax_workspace_bytes(int n);
 
+/* Sampling parameters (device memory, so a captured decode graph reads the current ones). */
+typedef struct InferSampleParams {
+    float temperature;        /* <= 0: greedy */
+    int32_t top_k;            /* 0: off */
+    float top_p;              /* >= 1: off */
+    float min_p;              /* 0: off */
+    float repetition_penalty; /* 1: off; applied to ids flagged in in_context */
+    float presence_penalty;   /* applied to ids with counts > 0 */
+    float frequency_penalty;  /* times counts */
+} InferSampleParams;
+
+/* Samples one id from logits[0..n] on the device (one block): penalties, then greedy or temperature /
+ * top-k / min-p / top-p and a draw with the uniform *u_dev in [0, 1). Writes *out_id (-1 when no logit
+ * is selectable), then counts[id] += 1 and in_context[id] = 1 (the generation's penalty state lives on
+ * the device). workspace: n floats. Deterministic for given inputs. */
+cudaError_t infer_sample_f32(const float *logits, int n, const InferSampleParams *params, const double *u_dev,
+                             int32_t *counts, uint8_t *in_context, int32_t *out_id, float *workspace,
+                             cudaStream_t stream);
+
 /* Element conversions (used once at load for f32/f16 checkpoints, and by tests). */
 cudaError_t infer_f32_to_bf16(const float *in, void *out, size_t n, cudaStream_t stream);
 cudaError_t infer_f16_to_bf16(const void *in, void *out, size_t n, cudaStream_t stream);

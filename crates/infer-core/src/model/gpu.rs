@@ -9,8 +9,18 @@ use half::bf16;
 
 use super::llama3::{LayerWeights, Weights};
 use crate::base::{DeviceType, Error, Result};
+use crate::cuda::sample::DeviceSampler;
 use crate::cuda::{CudaDevice, DeviceI32, device::driver_err};
 use crate::tensor::{DType, Tensor};
+
+/// How a decode step picks its next id on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Select {
+    /// Argmax of the logits.
+    Greedy = 0,
+    /// [`DeviceSampler`] with its current parameters and uniform.
+    Sample = 1,
+}
 
 /// Device-side state of a model on a GPU.
 pub(crate) struct GpuState {
@@ -21,8 +31,11 @@ pub(crate) struct GpuState {
     pub ids: DeviceI32,
     /// Logits of the decode step, `[1, vocab]` f32.
     pub logits: Tensor,
-    /// The captured decode step and the workspace capacity it was captured with.
-    pub graph: Option<(CudaGraph, usize)>,
+    /// The captured decode steps (indexed by [`Select`]) and the workspace capacity each was
+    /// captured with.
+    pub graphs: [Option<(CudaGraph, usize)>; 2],
+    /// Sampling state for non-greedy decoding on the device.
+    pub sampler: DeviceSampler,
     /// Decode steps run eagerly so far (the first one sizes scratch buffers before capture).
     pub eager_steps: usize,
     /// The id the last decode step's argmax left in `ids` (so the next step need not upload it).
@@ -36,7 +49,8 @@ impl GpuState {
             pos: DeviceI32::new(&dev, &[0])?,
             ids: DeviceI32::new(&dev, &vec![0; chunk])?,
             logits: Tensor::zeros_on(&[1, vocab], DType::F32, DeviceType::Cuda(ordinal))?,
-            graph: None,
+            graphs: [None, None],
+            sampler: DeviceSampler::new(&dev, vocab)?,
             eager_steps: 0,
             device_next: None,
             dev,
@@ -51,17 +65,17 @@ impl GpuState {
             .map_err(|e| driver_err("begin graph capture", e))
     }
 
-    /// Ends the capture and keeps the instantiated graph.
-    pub fn end_capture(&mut self, capacity: usize) -> Result<()> {
+    /// Ends the capture and keeps the instantiated graph for `select`.
+    pub fn end_capture(&mut self, capacity: usize, select: Select) -> Result<()> {
         let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
         let graph = self.dev.stream.end_capture(flags).map_err(|e| driver_err("end graph capture", e))?;
         let graph = graph.ok_or_else(|| Error::op("cuda_graph", "stream capture produced no graph"))?;
-        self.graph = Some((graph, capacity));
+        self.graphs[select as usize] = Some((graph, capacity));
         Ok(())
     }
 
-    pub fn launch(&self) -> Result<()> {
-        match &self.graph {
+    pub fn launch(&self, select: Select) -> Result<()> {
+        match &self.graphs[select as usize] {
             Some((g, _)) => g.launch().map_err(|e| driver_err("graph launch", e)),
             None => Err(Error::op("cuda_graph", "no captured graph")),
         }

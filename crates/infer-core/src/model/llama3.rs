@@ -8,6 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::chat::ChatTemplate;
 use super::config::LlamaConfig;
+#[cfg(feature = "cuda")]
+use super::gpu::Select;
 use super::kv_cache::KvCache;
 use super::safetensors::WeightStore;
 use super::sampler::{SamplerConfig, from_generation_config};
@@ -389,13 +391,13 @@ impl Llama3 {
         #[cfg(feature = "cuda")]
         if self.gpu.is_some() {
             self.pending_greedy = None;
-            return self.decode_launch(id, pos);
+            return self.decode_launch(id, pos, Select::Greedy);
         }
         self.pending_greedy = Some(self.next_token_greedy(id, pos)?);
         Ok(())
     }
 
-    /// The next id of the step started by [`Llama3::greedy_launch`].
+    /// The next id of the step started by [`Llama3::greedy_launch`] or [`Llama3::sample_launch`].
     pub fn greedy_wait(&mut self) -> Result<u32> {
         if let Some(id) = self.pending_greedy.take() {
             return Ok(id);
@@ -405,6 +407,39 @@ impl Llama3 {
             return self.decode_outputs(false);
         }
         Err(Error::InvalidArgument("greedy_wait without greedy_launch".into()))
+    }
+
+    /// Whether this model can sample on its device ([`Llama3::sample_start`]): true on a GPU.
+    pub fn samples_on_device(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// Prepares sampling on the device for one generation: the parameters, the ids in the
+    /// context (repetition penalty) and the ids generated so far (presence/frequency).
+    pub fn sample_start(&mut self, cfg: &SamplerConfig, context: &[u32], generated: &[u32]) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = self.gpu.as_mut() {
+            return g.sampler.start(cfg, context, generated);
+        }
+        let _ = (cfg, context, generated);
+        Err(Error::InvalidArgument("sampling on the device needs a GPU model".into()))
+    }
+
+    /// Starts a decode step of `id` at `pos` that samples its next id on the device with the
+    /// uniform `u` in [0, 1) ([`Llama3::greedy_wait`] returns the id). GPU only.
+    pub fn sample_launch(&mut self, id: u32, pos: usize, u: f64) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = self.gpu.as_mut() {
+            self.pending_greedy = None;
+            g.sampler.set_uniform(u)?;
+            return self.decode_launch(id, pos, Select::Sample);
+        }
+        let _ = (id, pos, u);
+        Err(Error::InvalidArgument("sampling on the device needs a GPU model".into()))
     }
 
     /// Feeds `id` at position `pos` and returns the most likely next token. On a GPU the argmax
@@ -423,14 +458,14 @@ impl Llama3 {
     /// greedy next id; the logits are copied to the host only when `want_logits`.
     #[cfg(feature = "cuda")]
     fn decode_step_graph(&mut self, id: u32, pos: usize, want_logits: bool) -> Result<u32> {
-        self.decode_launch(id, pos)?;
+        self.decode_launch(id, pos, Select::Greedy)?;
         self.decode_outputs(want_logits)
     }
 
     /// Queues one decode step of `id` at `pos` on the GPU stream without waiting for it, and
     /// records `id` as cached at `pos`.
     #[cfg(feature = "cuda")]
-    fn decode_launch(&mut self, id: u32, pos: usize) -> Result<()> {
+    fn decode_launch(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
         if pos + 1 > self.cache.context() {
             return Err(Error::ContextOverflow {
                 prompt_tokens: pos + 1,
@@ -439,18 +474,20 @@ impl Llama3 {
             });
         }
         self.cached_ids.truncate(pos);
-        self.enqueue_decode_step(id, pos)?;
+        self.enqueue_decode_step(id, pos, select)?;
         self.cached_ids.push(id);
         Ok(())
     }
 
     #[cfg(feature = "cuda")]
-    fn enqueue_decode_step(&mut self, id: u32, pos: usize) -> Result<()> {
+    fn enqueue_decode_step(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
         self.ws.resize(1)?;
         let capacity = self.ws.capacity;
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        if g.graph.as_ref().is_some_and(|(_, cap)| *cap != capacity) {
-            g.graph = None; // the workspace was reallocated since the capture
+        for slot in g.graphs.iter_mut() {
+            if slot.as_ref().is_some_and(|(_, cap)| *cap != capacity) {
+                *slot = None; // the workspace was reallocated since the capture
+            }
         }
         // The previous step's argmax already left its id in device memory.
         if g.device_next != Some(id) {
@@ -458,41 +495,46 @@ impl Llama3 {
         }
         g.pos.set(&[pos as i32])?;
         g.device_next = None;
-        if g.graph.is_none() {
+        if g.graphs[select as usize].is_none() {
             let capture = g.eager_steps > 0;
             g.eager_steps += 1;
             if capture {
                 g.begin_capture()?;
             }
-            let run = self.decode_ops(id, pos);
+            let run = self.decode_ops(id, pos, select);
             let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
             if !capture {
                 return run;
             }
             // End the capture even when an op failed, so the stream is usable again.
-            let ended = g.end_capture(capacity);
+            let ended = g.end_capture(capacity, select);
             run?;
             ended?;
         }
         let g = self.gpu.as_ref().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        g.launch()
+        g.launch(select)
     }
 
     /// The decode step's ops (what the graph captures): layers, final norm, LM head into the
-    /// GPU state's logits buffer.
+    /// GPU state's logits buffer, then the next id (argmax or sampled) into `ids`.
     #[cfg(feature = "cuda")]
-    fn decode_ops(&mut self, id: u32, pos: usize) -> Result<()> {
+    fn decode_ops(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
         self.run_layers(&[id], pos)?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
         matmul(&self.ws.h, head, &mut g.logits)?; // [1, vocab] f32
-        crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids) // next id, read by the next step's embedding
+        match select {
+            Select::Greedy => crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids), // read by the next step
+            Select::Sample => g.sampler.launch(&g.logits, &mut g.ids),
+        }
     }
 
     #[cfg(feature = "cuda")]
     fn decode_outputs(&mut self, want_logits: bool) -> Result<u32> {
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        let next = g.ids.first()? as u32;
+        let next = g.ids.first()?;
+        let next = u32::try_from(next)
+            .map_err(|_| Error::InvalidArgument("sampler: none of the logits is selectable (NaN or -inf)".into()))?;
         g.device_next = Some(next);
         if want_logits {
             let host = g.logits.to_host()?;
