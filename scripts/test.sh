@@ -10,4 +10,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 export CUDA_HOME=${CUDA_HOME:-/opt/cuda-pip/nvidia/cu13}
 cargo clippy --workspace --all-targets --features infer-core/cuda -- -D warnings
-cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample
+cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant

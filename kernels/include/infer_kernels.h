@@ -54,6 +54,18 @@ cudaError_t infer_gemv_fused_bf16(const void *x, const void *w, const void *norm
 /* x[i] += f32(delta[i]) for i < n: x f32, delta bf16 (residual add after a prefill GEMM). */
 cudaError_t infer_add_bf16_to_f32(float *x, const void *delta, size_t n, cudaStream_t stream);
 
+/* GGML block-quantized weights (ggml_type: 8 = Q8_0, 2 = Q4_0, 3 = Q4_1, 12 = Q4_K, 14 = Q6_K; w is
+ * [n, k] as whole blocks per row, k a multiple of the block size):
+ *   infer_gemv_quant: out[m, n] = x[m, k] . dequant(w)^T for m in 1..8, x bf16 (16-byte aligned),
+ *                     out bf16 or f32 (out_f32 != 0), f32 accumulation.
+ *   infer_dequant_bf16: out[rows, k] bf16 = dequant(w) (prefill: the GEMM then runs on cuBLASLt).
+ *   infer_embedding_quant: out[i, :] = f32(dequant(table[ids[i], :])) (out-of-range ids give zeros). */
+cudaError_t infer_gemv_quant(const void *x, const void *w, int ggml_type, void *out, int m, int n, int k, int out_f32,
+                             cudaStream_t stream);
+cudaError_t infer_dequant_bf16(const void *w, int ggml_type, void *out, int rows, int k, cudaStream_t stream);
+cudaError_t infer_embedding_quant(const int32_t *ids, const void *table, int ggml_type, float *out, int n_tokens,
+                                  int hidden, int vocab, cudaStream_t stream);
+
 /* RoPE (Hugging Face rotate_half layout: pairs (j, j + head_dim/2)) on the fused projection
  * qkv [seq, (n_heads + 2 n_kv_heads) head_dim]; row i is at position pos0 + i with pos0 = *pos_dev.
  * Writes the rotated q to q_out [seq, n_heads head_dim], the rotated k and the v rows into the

@@ -7,6 +7,7 @@
 mod common;
 
 use common::gpu_available;
+use infer_core::cuda::fused::{GemvIn, GemvOut, gemv_fused};
 use infer_core::model::config::LlamaConfig;
 use infer_core::op::attention::attention;
 use infer_core::op::rope::RopeTable;
@@ -57,9 +58,16 @@ fn matmul_gemv_and_gemm() {
     if !gpu_available() {
         return;
     }
-    for &(m, n, k) in
-        &[(1, 3, 8), (1, 1000, 2056), (3, 77, 264), (8, 64, 64), (9, 130, 72), (64, 300, 520), (130, 257, 64)]
-    {
+    for &(m, n, k) in &[
+        (1, 3, 8),
+        (1, 1000, 2056),
+        (1, 300, 8192),
+        (3, 77, 264),
+        (8, 64, 64),
+        (9, 130, 72),
+        (64, 300, 520),
+        (130, 257, 64),
+    ] {
         let (x, w) = (host(&[m, k], 1, 1.0), host(&[n, k], 2, 0.5));
         let mut want = Tensor::zeros(&[m, n], DType::F32);
         matmul(&x, &w, &mut want).unwrap();
@@ -108,6 +116,12 @@ fn fused_norm_linear_matmul_add_swiglu() {
         let (gug, w3g) = (to_gpu(&gu, DType::BF16), to_gpu(&w3, DType::BF16));
         swiglu_matmul_add(&gug, &w3g, &mut ag, &mut sg, &mut xg, Precision::Fast).unwrap();
         assert_close(&format!("swiglu_matmul_add {rows}x{inter}->{dim}"), &xg, &xc, tol);
+        if rows == 1 {
+            // The SwiGLU-input GEMV directly (opt-in by default, see cuda::fused::enabled).
+            let mut xg = to_gpu(&x, DType::F32);
+            gemv_fused(&gug, &w3g, GemvIn::SwiGlu, &mut xg, GemvOut::Accumulate).unwrap();
+            assert_close(&format!("gemv swiglu-in {inter}->{dim}"), &xg, &xc, tol);
+        }
     }
 }
 

@@ -82,6 +82,25 @@ impl GpuState {
     }
 }
 
+/// Rows of several host tensors stacked into one tensor (fused projections): the blocks as they
+/// are when every part has the same quantized dtype (rows are whole blocks), else bf16.
+fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
+    let dtype = parts.first().map(|p| p.dtype()).ok_or_else(|| Error::op("upload", "no parts"))?;
+    if dtype.is_quantized() && parts.iter().all(|p| p.dtype() == dtype) {
+        let cols = parts[0].shape()[1];
+        let rows: usize = parts.iter().map(|p| p.shape()[0]).sum();
+        let mut bytes = Vec::new();
+        for p in parts {
+            match p.data()? {
+                crate::tensor::TensorData::Quant(_, b) => bytes.extend_from_slice(b),
+                _ => return Err(Error::op("upload", "quantized part without blocks")),
+            }
+        }
+        return Tensor::from_quantized(&[rows, cols], dtype, bytes);
+    }
+    cat_rows_bf16(parts)
+}
+
 /// Rows of several host tensors stacked into one bf16 tensor (fused projections).
 fn cat_rows_bf16(parts: &[Tensor]) -> Result<Tensor> {
     let cols = parts.first().map(|p| p.shape()[1]).ok_or_else(|| Error::op("upload", "no parts"))?;
@@ -100,18 +119,22 @@ fn cat_rows_bf16(parts: &[Tensor]) -> Result<Tensor> {
     Tensor::from_bf16(&[rows, cols], out)
 }
 
-/// Uploads the weights to the GPU once: bf16 everywhere (f32/f16 checkpoints converted here),
-/// q/k/v and gate/up fused into one matrix each.
+/// Uploads the weights to the GPU once: bf16 (f32/f16 checkpoints converted here), or the
+/// blocks unchanged for block-quantized (GGUF) matrices; q/k/v and gate/up fused into one
+/// matrix each.
 pub(crate) fn upload_weights(w: Weights, device: DeviceType, mut progress: impl FnMut(u64)) -> Result<Weights> {
-    let up = |t: &Tensor| t.to_device_as(device, DType::BF16);
+    let up = |t: &Tensor| {
+        let dtype = if t.dtype().is_quantized() { t.dtype() } else { DType::BF16 };
+        t.to_device_as(device, dtype)
+    };
     let mut layers = Vec::with_capacity(w.layers.len());
     for l in &w.layers {
         let layer = LayerWeights {
             input_layernorm: up(&l.input_layernorm)?,
-            qkv_proj: vec![up(&cat_rows_bf16(&l.qkv_proj)?)?],
+            qkv_proj: vec![up(&cat_rows(&l.qkv_proj)?)?],
             o_proj: up(&l.o_proj)?,
             post_attention_layernorm: up(&l.post_attention_layernorm)?,
-            gate_up_proj: vec![up(&cat_rows_bf16(&l.gate_up_proj)?)?],
+            gate_up_proj: vec![up(&cat_rows(&l.gate_up_proj)?)?],
             down_proj: up(&l.down_proj)?,
         };
         let bytes = [&l.o_proj, &l.down_proj].iter().map(|t| t.storage_bytes() as u64).sum::<u64>()

@@ -23,7 +23,7 @@ pub fn matmul_add(a: &Tensor, w: &Tensor, scratch: &mut Tensor, x: &mut Tensor, 
     #[cfg(feature = "cuda")]
     if a.is_cuda() {
         use crate::cuda::fused::{Fusion, GemvIn, GemvOut, add_bf16_to_f32, enabled, gemv_fused};
-        if rows == 1 && enabled(Fusion::Add) {
+        if rows == 1 && enabled(Fusion::Add) && w.dtype() == crate::tensor::DType::BF16 {
             return gemv_fused(a, w, GemvIn::Plain, x, GemvOut::Accumulate);
         }
         matmul_with_precision(a, w, scratch, precision)?;

@@ -36,6 +36,7 @@ pub fn norm_linear<W: Borrow<Tensor>>(
     }
     #[cfg(feature = "cuda")]
     if let ([w], true, 1) = (ws, x.is_cuda(), rows)
+        && w.borrow().dtype() == crate::tensor::DType::BF16
         && dim <= crate::cuda::fused::FUSED_MAX_K
         && crate::cuda::fused::enabled(crate::cuda::fused::Fusion::Norm)
     {

@@ -30,6 +30,7 @@ pub fn swiglu_matmul_add(
     #[cfg(feature = "cuda")]
     if gate_up.is_cuda()
         && rows == 1
+        && w.dtype() == crate::tensor::DType::BF16
         && inter <= crate::cuda::fused::FUSED_MAX_K
         && crate::cuda::fused::enabled(crate::cuda::fused::Fusion::SwiGlu)
         && crate::cuda::fused::enabled(crate::cuda::fused::Fusion::Add)
