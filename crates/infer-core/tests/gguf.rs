@@ -330,6 +330,14 @@ fn tiny_llama3_round_trip_matches_safetensors() {
         assert_eq!(tok.decode_ids(&c.ids, false).unwrap(), c.decoded, "{:?}", c.text);
         assert_eq!(tok.decode_ids(&c.ids, true).unwrap(), c.decoded_skip_special, "{:?}", c.text);
     }
+    // The seed constructor takes the GGUF file too, with either `quantized` flag (a GGUF's
+    // weights are always used as stored).
+    for quantized in [false, true] {
+        let mut m = Llama3::new(&path, DeviceType::Cpu, quantized).unwrap();
+        let ids = &golden.cases[0].ids;
+        let a = st.forward_tokens(ids, 0, false).unwrap().as_f32().unwrap().to_vec();
+        assert_eq!(m.forward_tokens(ids, 0, false).unwrap().as_f32().unwrap(), &a[..]);
+    }
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -407,6 +415,10 @@ fn small_file_reads_back() {
     let t = f.raw_tensor("b.weight").unwrap();
     assert_eq!((t.dtype(), t.shape()), (DType::Q8_0, &[1usize, 32][..]));
     assert!(t.is_mapped());
+    // Version 2 has the same layout (64-bit counts) and is read too.
+    let mut v2 = bytes.clone();
+    v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+    assert_eq!(open_bytes("v2.gguf", &v2).1.unwrap().header().version, 2);
 }
 
 #[test]
@@ -420,6 +432,8 @@ fn malformed_files_give_typed_errors() {
     let mut bad = good.clone();
     bad[4..8].copy_from_slice(&1u32.to_le_bytes());
     assert_gguf_error("v1.gguf", &bad, &["unsupported GGUF version 1"]);
+    bad[4..8].copy_from_slice(&4u32.to_le_bytes());
+    assert_gguf_error("v4.gguf", &bad, &["unsupported GGUF version 4"]);
     let mut bad = good.clone();
     bad[4..8].copy_from_slice(&3u32.to_be_bytes());
     assert_gguf_error("big-endian.gguf", &bad, &["unsupported GGUF version", "big-endian"]);

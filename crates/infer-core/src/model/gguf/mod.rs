@@ -10,6 +10,7 @@ pub mod config;
 pub mod names;
 pub mod reader;
 pub mod tokenizer;
+pub mod value;
 pub mod writer;
 
 use std::collections::HashMap;
