@@ -103,6 +103,37 @@ impl Weights {
     }
 }
 
+/// What a model source (Hugging Face directory or GGUF file) provides before the weights are
+/// placed on a device.
+pub(crate) struct ModelParts {
+    pub config: LlamaConfig,
+    pub store: Box<dyn WeightSource>,
+    pub tokenizer: HfTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub generation_defaults: SamplerConfig,
+    /// Every id that ends generation, sorted and deduplicated.
+    pub eos_ids: Vec<u32>,
+}
+
+impl ModelParts {
+    /// A Hugging Face model directory: config.json, safetensors, tokenizer and generation files.
+    fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let store: Box<dyn WeightSource> = Box::new(WeightStore::open(dir)?);
+        let tokenizer = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let chat_template = ChatTemplate::from_model_dir(dir)?;
+        let generation_defaults = from_generation_config(&dir.join("generation_config.json"))?.unwrap_or_default();
+        let mut eos_ids = config.eos_token_ids.clone();
+        eos_ids.extend(generation_eos_ids(&dir.join("generation_config.json"))?);
+        for special in ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"] {
+            eos_ids.extend(tokenizer.token_to_id(special));
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        Ok(ModelParts { config, store, tokenizer, chat_template, generation_defaults, eos_ids })
+    }
+}
+
 /// A loaded Llama 3 model with its tokenizer, chat template, KV cache and workspace.
 pub struct Llama3 {
     pub(crate) config: LlamaConfig,
@@ -159,10 +190,13 @@ fn check_device(device: DeviceType) -> Result<()> {
 }
 
 impl Llama3 {
-    /// The seed's constructor: loads a Hugging Face model directory. `quantized` asks for
-    /// quantized weights, which need a GGUF file; a safetensors directory gives an error.
+    /// The seed's constructor: loads a Hugging Face model directory or a GGUF file. `quantized`
+    /// asks for quantized weights, which need a GGUF file (a safetensors directory gives an
+    /// error). A GGUF file always keeps its weights as stored (quantized blocks stay blocks,
+    /// dequantized row by row inside the matmul), so `quantized = false` loads it the same way;
+    /// the compute precision is chosen separately.
     pub fn new(path: impl AsRef<Path>, device: DeviceType, quantized: bool) -> Result<Self> {
-        if quantized {
+        if quantized && !super::gguf::is_gguf_file(path.as_ref()) {
             return Err(Error::InvalidArgument(format!(
                 "quantized loading needs a GGUF model file; {} is a safetensors model (load it with quantized = false)",
                 path.as_ref().display()
@@ -171,15 +205,18 @@ impl Llama3 {
         Self::load(path, LoadOptions { device, ..LoadOptions::default() })
     }
 
-    /// Loads a Hugging Face model directory (config.json, safetensors, tokenizer files).
+    /// Loads a Hugging Face model directory (config.json, safetensors, tokenizer files) or a
+    /// GGUF file (a file starting with `GGUF`: config, weights, tokenizer, chat template).
     pub fn load(path: impl AsRef<Path>, opts: LoadOptions) -> Result<Self> {
         let t0 = Instant::now();
         let dir = path.as_ref().to_path_buf();
-        if !dir.is_dir() {
+        let gguf = super::gguf::is_gguf_file(&dir);
+        if !gguf && !dir.is_dir() {
             return Err(Error::ModelNotFound(dir));
         }
         check_device(opts.device)?;
-        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let parts = if gguf { super::gguf::load_parts(&dir)? } else { ModelParts::from_hf_dir(&dir)? };
+        let ModelParts { config, store, tokenizer, chat_template, generation_defaults, eos_ids } = parts;
         let context = match opts.context_length {
             None => config.max_position_embeddings.min(DEFAULT_CONTEXT),
             Some(0) => return Err(Error::InvalidArgument("context length must be at least 1".into())),
@@ -191,18 +228,7 @@ impl Llama3 {
             }
             Some(n) => n,
         };
-        let store: Box<dyn WeightSource> = Box::new(WeightStore::open(&dir)?);
         let weights = Weights::load(store.as_ref(), &config)?;
-        let tokenizer = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let chat_template = ChatTemplate::from_model_dir(&dir)?;
-        let generation_defaults = from_generation_config(&dir.join("generation_config.json"))?.unwrap_or_default();
-        let mut eos_ids = config.eos_token_ids.clone();
-        eos_ids.extend(generation_eos_ids(&dir.join("generation_config.json"))?);
-        for special in ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"] {
-            eos_ids.extend(tokenizer.token_to_id(special));
-        }
-        eos_ids.sort_unstable();
-        eos_ids.dedup();
         let bar = progress_bar(opts.progress, store.file_bytes());
         let (weights, store) = if opts.device.is_cpu() {
             store.prefault(&mut |n| bar.inc(n));
