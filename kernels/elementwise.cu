@@ -48,6 +48,21 @@ extern "C" cudaError_t infer_swiglu_bf16(const void *gate_up, void *out, int row
     return cudaGetLastError();
 }
 
+__global__ void add_bf16_to_f32_kernel(float *__restrict__ x, const bf16 *__restrict__ d, size_t n) {
+    pdl_launch_dependents();
+    pdl_wait();
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] += __bfloat162float(d[i]);
+}
+
+extern "C" cudaError_t infer_add_bf16_to_f32(float *x, const void *delta, size_t n, cudaStream_t stream) {
+    if (n == 0) return cudaSuccess;
+    INFER_CHECK_ARG(x && delta);
+    INFER_LAUNCH(add_bf16_to_f32_kernel, dim3(grid_for(n, 256)), dim3(256), 0, stream, x,
+                 static_cast<const bf16 *>(delta), n);
+    return cudaGetLastError();
+}
+
 // ---- conversions: one element per thread per grid-stride step ----
 // They produce weights, which gemv / gemm read before their PDL wait; so unlike the other kernels they
 // let dependents launch only after their own stores are fenced (pdl_trigger_after_stores).

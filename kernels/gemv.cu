@@ -16,9 +16,11 @@
 //  - f32 accumulators acc[m][r] are reduced with xor-shuffles; lane (mi*R + r) stores one output, so
 //    the result is deterministic (no atomics, no split-K).
 #include "common.cuh"
+#include <stdlib.h>
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
+#define INFER_GEMV_FUSED_MAX_K 16384  // fused inputs live in 2k bytes of shared memory (<= 32 KB)
 
 // Implemented in gemm.cu (m > 8).
 cudaError_t infer_gemm_bf16_launch(const bf16 *x, const bf16 *w, void *out, int m, int n, int k, bool out_f32,
@@ -35,10 +37,61 @@ __device__ __forceinline__ void gemv_load_w(uint4 (&wv)[U][R], const bf16 *const
     }
 }
 
-template <int M, int R, int U, bool F32OUT>
-__global__ void __launch_bounds__(GEMV_THREADS)
-gemv_kernel(const bf16 *__restrict__ x, const bf16 *__restrict__ w, void *__restrict__ out, int n, int k) {
+// How a GEMV obtains its input row x (k elements) and where its result goes (fusions for decode).
+enum GemvIn {
+    IN_BF16 = 0,    // x bf16 [m, k]
+    IN_NORM = 1,    // x f32 [m, k] (the residual stream) times the RMSNorm weight g bf16 [k]; the dot is
+                    // scaled by rsqrt(mean(x^2) + eps) at the end, so RMSNorm costs no extra pass
+    IN_SWIGLU = 2,  // x = silu(gate) * up from gate_up bf16 [m, 2k] laid out [gate | up]
+};
+enum GemvOut {
+    OUT_BF16 = 0,   // out bf16 [m, n]
+    OUT_F32 = 1,    // out f32 [m, n]
+    OUT_ADD_F32 = 2,  // out f32 [m, n] += result (residual add in the epilogue)
+};
+
+struct GemvArgs {
+    const void *x;
+    const bf16 *w;
+    void *out;
+    const bf16 *g;  // IN_NORM only
+    float eps;      // IN_NORM only
+    int n, k;
+};
+
+__device__ __forceinline__ float gemv_silu(float v) { return v / (1.f + __expf(-v)); }
+
+// The 8 input values of chunk c (elements 8c .. 8c+7) of row mi, and (IN_NORM) their squares' sum.
+template <int IN>
+__device__ __forceinline__ void gemv_x8(const GemvArgs &a, int mi, int c, float xf[8], float &ss) {
+    if (IN == IN_BF16) {
+        unpack8(ld_cached16(static_cast<const bf16 *>(a.x) + (size_t)mi * a.k + (size_t)c * 8), xf);
+    } else if (IN == IN_NORM) {
+        const float *xr = static_cast<const float *>(a.x) + (size_t)mi * a.k + (size_t)c * 8;
+        const uint4 lo = ld_cached16(xr), hi = ld_cached16(xr + 4);
+        float gf[8];
+        unpack8(ld_cached16(a.g + (size_t)c * 8), gf);
+        const float v[8] = {__uint_as_float(lo.x), __uint_as_float(lo.y), __uint_as_float(lo.z), __uint_as_float(lo.w),
+                            __uint_as_float(hi.x), __uint_as_float(hi.y), __uint_as_float(hi.z), __uint_as_float(hi.w)};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            ss = fmaf(v[e], v[e], ss);
+            xf[e] = v[e] * gf[e];
+        }
+    } else {
+        const bf16 *gu = static_cast<const bf16 *>(a.x) + (size_t)mi * 2 * a.k + (size_t)c * 8;
+        float gf[8], uf[8];
+        unpack8(ld_cached16(gu), gf);
+        unpack8(ld_cached16(gu + a.k), uf);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) xf[e] = gemv_silu(gf[e]) * uf[e];
+    }
+}
+
+template <int M, int R, int U, int IN, int OUT>
+__global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
     pdl_launch_dependents();
+    const int n = a.n, k = a.k;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row0 = (blockIdx.x * GEMV_WARPS + warp) * R;
     const bool active = row0 < n;  // warp-uniform
@@ -46,13 +99,29 @@ gemv_kernel(const bf16 *__restrict__ x, const bf16 *__restrict__ w, void *__rest
 
     const bf16 *wr[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) wr[r] = w + (size_t)min(row0 + r, n - 1) * k;  // clamp: rows past n are not stored
+    for (int r = 0; r < R; ++r) wr[r] = a.w + (size_t)min(row0 + r, n - 1) * k;  // clamp: rows past n are not stored
 
     // The weights do not depend on the previous kernel: start streaming them before the PDL wait.
     uint4 wv[U][R];
     int c0 = lane;
     if (active) gemv_load_w<R, U>(wv, wr, c0, kv);
     pdl_wait();
+
+    // Fused inputs (m == 1): the block forms the input row once, as bf16 in shared memory, while
+    // the weight loads above are in flight; IN_NORM also reduces sum(x^2) over the block.
+    extern __shared__ uint4 sx[];  // [kv] chunks of 8 bf16 (fused modes only)
+    __shared__ float red[32];
+    float scale = 1.f;
+    if (IN != IN_BF16) {
+        float ss = 0.f;
+        for (int c = threadIdx.x; c < kv; c += GEMV_THREADS) {
+            float xf[8];
+            gemv_x8<IN>(a, 0, c, xf, ss);
+            sx[c] = pack8(xf);
+        }
+        if (IN == IN_NORM) scale = rsqrtf(block_sum(ss, red) / (float)k + a.eps);
+        __syncthreads();
+    }
     if (!active) return;  // whole warp leaves; no block-level synchronisation below
 
     float acc[M][R];
@@ -72,7 +141,10 @@ gemv_kernel(const bf16 *__restrict__ x, const bf16 *__restrict__ w, void *__rest
 #pragma unroll
                 for (int mi = 0; mi < M; ++mi)
                     xv[PRE_X ? u : 0][PRE_X ? mi : 0] =
-                        c < kv ? ld_cached16(x + (size_t)mi * k + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
+                        c >= kv ? make_uint4(0, 0, 0, 0)
+                        : IN != IN_BF16
+                            ? sx[c]
+                            : ld_cached16(static_cast<const bf16 *>(a.x) + (size_t)mi * k + (size_t)c * 8);
             }
         }
 #pragma unroll
@@ -85,7 +157,10 @@ gemv_kernel(const bf16 *__restrict__ x, const bf16 *__restrict__ w, void *__rest
 #pragma unroll
                 for (int mi = 0; mi < M; ++mi) {
                     float xf[8];
-                    unpack8(PRE_X ? xv[PRE_X ? u : 0][PRE_X ? mi : 0] : ld_cached16(x + (size_t)mi * k + (size_t)c * 8), xf);
+                    unpack8(PRE_X    ? xv[PRE_X ? u : 0][PRE_X ? mi : 0]
+                            : IN != IN_BF16 ? sx[c]
+                                            : ld_cached16(static_cast<const bf16 *>(a.x) + (size_t)mi * k + (size_t)c * 8),
+                            xf);
 #pragma unroll
                     for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -98,29 +173,171 @@ gemv_kernel(const bf16 *__restrict__ x, const bf16 *__restrict__ w, void *__rest
     }
 
 #pragma unroll
-    for (int mi = 0; mi < M; ++mi)
+    for (int mi = 0; mi < M; ++mi) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const float s = warp_sum(acc[mi][r]);
+            const float s = warp_sum(acc[mi][r]) * scale;
             const int row = row0 + r;
             if (lane == mi * R + r && row < n) {
-                if (F32OUT)
-                    static_cast<float *>(out)[(size_t)mi * n + row] = s;
+                const size_t o = (size_t)mi * n + row;
+                if (OUT == OUT_BF16)
+                    static_cast<bf16 *>(a.out)[o] = __float2bfloat16_rn(s);
+                else if (OUT == OUT_F32)
+                    static_cast<float *>(a.out)[o] = s;
                 else
-                    static_cast<bf16 *>(out)[(size_t)mi * n + row] = __float2bfloat16_rn(s);
+                    static_cast<float *>(a.out)[o] += s;
             }
         }
+    }
+}
+
+// Split-K variant for long rows (m == 1, plain bf16 x, k >= GEMV_SPLITK_MIN_K, e.g. down_proj): the 4
+// warps of a block share R rows and each takes a quarter of k, so every warp's weights fit in one
+// batch of loads (like the short-row projections) and 4x more warps stream at once. Partials meet
+// in shared memory and are summed in warp order (deterministic).
+#define GEMV_SPLITK_MIN_K 4096
+
+template <int R, int U, int OUT>
+__global__ void __launch_bounds__(GEMV_THREADS) gemv_splitk_kernel(const GemvArgs a) {
+    pdl_launch_dependents();
+    const int n = a.n, k = a.k;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row0 = blockIdx.x * R;
+    const int per = (k >> 3) / GEMV_WARPS;  // chunks per warp (the launcher checks divisibility)
+    const int cbeg = warp * per, cend = cbeg + per;
+    const bf16 *wr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) wr[r] = a.w + (size_t)min(row0 + r, n - 1) * k;
+    uint4 wv[U][R];
+    int c0 = cbeg + lane;
+    gemv_load_w<R, U>(wv, wr, c0, cend);
+    pdl_wait();
+    const bf16 *x = static_cast<const bf16 *>(a.x);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+    while (c0 < cend) {
+        uint4 xv[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + u * 32;
+            xv[u] = c < cend ? ld_cached16(x + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (c0 + u * 32 < cend) {
+                float xf[8];
+                unpack8(xv[u], xf);
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    float wf[8];
+                    unpack8(wv[u][r], wf);
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) acc[r] = fmaf(xf[e], wf[e], acc[r]);
+                }
+            }
+        }
+        c0 += 32 * U;
+        if (c0 < cend) gemv_load_w<R, U>(wv, wr, c0, cend);
+    }
+    __shared__ float part[GEMV_WARPS][R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float s = warp_sum(acc[r]);
+        if (lane == 0) part[warp][r] = s;
+    }
+    __syncthreads();
+    const int r = threadIdx.x;
+    if (r < R && row0 + r < n) {
+        float s = 0.f;
+#pragma unroll
+        for (int w = 0; w < GEMV_WARPS; ++w) s += part[w][r];
+        const size_t o = row0 + r;
+        if (OUT == OUT_BF16)
+            static_cast<bf16 *>(a.out)[o] = __float2bfloat16_rn(s);
+        else if (OUT == OUT_F32)
+            static_cast<float *>(a.out)[o] = s;
+        else
+            static_cast<float *>(a.out)[o] += s;
+    }
+}
+
+// INFER_NO_SPLITK=1 in the environment turns the split-K variant off (read once; A/B timing).
+static bool gemv_splitk_enabled() {
+    static const bool on = [] {
+        const char *v = getenv("INFER_NO_SPLITK");
+        return !(v && v[0] == '1');
+    }();
+    return on;
+}
+
+static cudaError_t launch_gemv_splitk(const GemvArgs &a, int out, cudaStream_t s) {
+    constexpr int R = 2, U = 8;
+    const dim3 grid(infer_cdiv(a.n, R)), block(GEMV_THREADS);
+    switch (out) {
+        case OUT_BF16: INFER_LAUNCH((gemv_splitk_kernel<R, U, OUT_BF16>), grid, block, 0, s, a); break;
+        case OUT_F32: INFER_LAUNCH((gemv_splitk_kernel<R, U, OUT_F32>), grid, block, 0, s, a); break;
+        default: INFER_LAUNCH((gemv_splitk_kernel<R, U, OUT_ADD_F32>), grid, block, 0, s, a); break;
+    }
+    return cudaGetLastError();
+}
+
+template <int M, int R, int U, int IN>
+static cudaError_t launch_gemv_out(const GemvArgs &a, int out, cudaStream_t s) {
+    static_assert(M * R <= 32, "one lane stores each output");
+    static_assert(M == 1 || IN == IN_BF16, "fused inputs are formed for one row");
+    const dim3 grid(infer_cdiv(a.n, GEMV_WARPS * R)), block(GEMV_THREADS);
+    const size_t smem = IN == IN_BF16 ? 0 : (size_t)a.k * sizeof(bf16);  // <= 48 KB: checked by the launcher
+    switch (out) {
+        case OUT_BF16: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_BF16>), grid, block, smem, s, a); break;
+        case OUT_F32: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_F32>), grid, block, smem, s, a); break;
+        default:
+            if (M == 1) INFER_LAUNCH((gemv_kernel<1, R, U, IN, OUT_ADD_F32>), grid, block, smem, s, a);
+            break;
+    }
+    return cudaGetLastError();
 }
 
 template <int M, int R, int U>
-static cudaError_t launch_gemv(const bf16 *x, const bf16 *w, void *out, int n, int k, bool f32, cudaStream_t s) {
-    static_assert(M * R <= 32, "one lane stores each output");
-    const int grid = infer_cdiv(n, GEMV_WARPS * R);
-    if (f32)
-        INFER_LAUNCH(gemv_kernel<M, R, U, true>, dim3(grid), dim3(GEMV_THREADS), 0, s, x, w, out, n, k);
-    else
-        INFER_LAUNCH(gemv_kernel<M, R, U, false>, dim3(grid), dim3(GEMV_THREADS), 0, s, x, w, out, n, k);
-    return cudaGetLastError();
+static cudaError_t launch_gemv(const GemvArgs &a, int in, int out, cudaStream_t s) {
+    switch (in) {
+        case IN_BF16: return launch_gemv_out<M, R, U, IN_BF16>(a, out, s);
+        case IN_NORM: return launch_gemv_out<M, R, U, IN_NORM>(a, out, s);
+        default: return launch_gemv_out<M, R, U, IN_SWIGLU>(a, out, s);
+    }
+}
+
+// m in 1..8: rows per warp R grows with m so each x chunk (converted once) feeds more FMAs. m == 1
+// keeps U*R = 16 loads in flight per lane (measured best on H100 with PDL: they are issued before
+// the wait); m > 1 keeps 8 to bound registers. The fused input/output modes exist for m == 1 (the
+// decode step); m > 1 takes plain bf16 x and writes bf16 or f32.
+static cudaError_t gemv_dispatch(const GemvArgs &a, int m, int in, int out, cudaStream_t s) {
+    if (m == 1 && in == IN_BF16 && a.k >= GEMV_SPLITK_MIN_K && (a.k >> 3) % GEMV_WARPS == 0 && gemv_splitk_enabled())
+        return launch_gemv_splitk(a, out, s);
+    if (m == 1) return launch_gemv<1, 2, 8>(a, in, out, s);
+    if (in != IN_BF16 || out == OUT_ADD_F32) return cudaErrorInvalidValue;
+    switch (m) {
+        case 2: return launch_gemv_out<2, 2, 4, IN_BF16>(a, out, s);
+        case 3: return launch_gemv_out<3, 2, 4, IN_BF16>(a, out, s);
+        case 4: return launch_gemv_out<4, 2, 4, IN_BF16>(a, out, s);
+        case 5: return launch_gemv_out<5, 4, 2, IN_BF16>(a, out, s);
+        case 6: return launch_gemv_out<6, 4, 2, IN_BF16>(a, out, s);
+        case 7: return launch_gemv_out<7, 4, 2, IN_BF16>(a, out, s);
+        default: return launch_gemv_out<8, 4, 2, IN_BF16>(a, out, s);
+    }
+}
+
+extern "C" cudaError_t infer_gemv_fused_bf16(const void *x, const void *w, const void *norm_weight, float eps,
+                                             void *out, int m, int n, int k, int in_mode, int out_mode,
+                                             cudaStream_t stream) {
+    INFER_CHECK_ARG(m >= 1 && m <= 8 && n >= 1 && k >= 8 && k % 8 == 0);
+    INFER_CHECK_ARG(m == 1 || (in_mode == IN_BF16 && out_mode != OUT_ADD_F32));
+    INFER_CHECK_ARG(in_mode >= IN_BF16 && in_mode <= IN_SWIGLU && out_mode >= OUT_BF16 && out_mode <= OUT_ADD_F32);
+    INFER_CHECK_ARG(x && w && out && infer_aligned16(x) && infer_aligned16(w));
+    INFER_CHECK_ARG(in_mode != IN_NORM || (norm_weight && infer_aligned16(norm_weight)));
+    INFER_CHECK_ARG(in_mode == IN_BF16 || k <= INFER_GEMV_FUSED_MAX_K);
+    const GemvArgs a{x, static_cast<const bf16 *>(w), out, static_cast<const bf16 *>(norm_weight), eps, n, k};
+    return gemv_dispatch(a, m, in_mode, out_mode, stream);
 }
 
 extern "C" cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, int m, int n, int k, int out_f32,
@@ -131,19 +348,8 @@ extern "C" cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, 
     const bf16 *wb = static_cast<const bf16 *>(w);
     const bool f32 = out_f32 != 0;
     if (m > 8) return infer_gemm_bf16_launch(xb, wb, out, m, n, k, f32, stream);
-    // Rows per warp R grows with m so each x chunk (converted once) feeds more FMAs. m == 1 keeps
-    // U*R = 16 loads in flight per lane (measured best on H100 with PDL: they are issued before the
-    // wait); m > 1 keeps 8 to bound registers.
-    switch (m) {
-        case 1: return launch_gemv<1, 2, 8>(xb, wb, out, n, k, f32, stream);
-        case 2: return launch_gemv<2, 2, 4>(xb, wb, out, n, k, f32, stream);
-        case 3: return launch_gemv<3, 2, 4>(xb, wb, out, n, k, f32, stream);
-        case 4: return launch_gemv<4, 2, 4>(xb, wb, out, n, k, f32, stream);
-        case 5: return launch_gemv<5, 4, 2>(xb, wb, out, n, k, f32, stream);
-        case 6: return launch_gemv<6, 4, 2>(xb, wb, out, n, k, f32, stream);
-        case 7: return launch_gemv<7, 4, 2>(xb, wb, out, n, k, f32, stream);
-        default: return launch_gemv<8, 4, 2>(xb, wb, out, n, k, f32, stream);
-    }
+    const GemvArgs a{x, wb, out, nullptr, 0.f, n, k};
+    return gemv_dispatch(a, m, IN_BF16, f32 ? OUT_F32 : OUT_BF16, stream);
 }
 
 // Tuning hook for kernels/tests (not part of the ABI, not in infer_kernels.h): m == 1 with an explicit
@@ -152,14 +358,14 @@ extern "C" cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, 
 extern "C" cudaError_t infer_gemv_bf16_variant(const void *x, const void *w, void *out, int n, int k, int out_f32,
                                                int variant, cudaStream_t stream) {
     INFER_CHECK_ARG(n >= 1 && k >= 8 && k % 8 == 0 && x && w && out && infer_aligned16(x) && infer_aligned16(w));
-    const bf16 *xb = static_cast<const bf16 *>(x), *wb = static_cast<const bf16 *>(w);
-    const bool f32 = out_f32 != 0;
+    const GemvArgs a{x, static_cast<const bf16 *>(w), out, nullptr, 0.f, n, k};
+    const int o = out_f32 ? OUT_F32 : OUT_BF16;
     switch (variant) {
-        case 0: return launch_gemv<1, 1, 8>(xb, wb, out, n, k, f32, stream);
-        case 1: return launch_gemv<1, 2, 4>(xb, wb, out, n, k, f32, stream);
-        case 2: return launch_gemv<1, 4, 2>(xb, wb, out, n, k, f32, stream);
-        case 3: return launch_gemv<1, 1, 16>(xb, wb, out, n, k, f32, stream);
-        case 4: return launch_gemv<1, 2, 8>(xb, wb, out, n, k, f32, stream);
+        case 0: return launch_gemv<1, 1, 8>(a, IN_BF16, o, stream);
+        case 1: return launch_gemv<1, 2, 4>(a, IN_BF16, o, stream);
+        case 2: return launch_gemv<1, 4, 2>(a, IN_BF16, o, stream);
+        case 3: return launch_gemv<1, 1, 16>(a, IN_BF16, o, stream);
+        case 4: return launch_gemv<1, 2, 8>(a, IN_BF16, o, stream);
         default: return cudaErrorInvalidValue;
     }
 }

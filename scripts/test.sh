@@ -7,7 +7,10 @@ WITH_CUDA=1 bash scripts/setup.sh >/dev/null
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The SmolLM2 GGUF model the GGUF tests run (downloaded once into the cache, ~93 MB).
+RUSTINFER_SMOLLM2=$(bash scripts/fetch_smollm2.sh)
+export RUSTINFER_SMOLLM2
 cargo test --workspace
 export CUDA_HOME=${CUDA_HOME:-/opt/cuda-pip/nvidia/cu13}
 cargo clippy --workspace --all-targets --features infer-core/cuda -- -D warnings
-cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model
+cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant

@@ -40,6 +40,32 @@ cudaError_t infer_add_rms_norm_bf16(float *x, const void *delta, const void *wei
 cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, int m, int n, int k, int out_f32,
                             cudaStream_t stream);
 
+/* Decode GEMV (m == 1, or m <= 8 in the plain modes) with fusions, out[m, n] from w[n, k] bf16:
+ *   in_mode 0: x bf16 [m, k]
+ *   in_mode 1: RMSNorm fused in: x f32 [m, k] (residual stream), norm_weight bf16 [k]:
+ *              out = (x * norm_weight) . w^T * rsqrt(mean(x^2) + eps)   (= rms_norm(x) . w^T)
+ *   in_mode 2: SwiGLU fused in: x = gate_up bf16 [m, 2k] laid out [gate | up]: silu(gate) * up
+ *   out_mode 0: out bf16;  1: out f32;  2: out f32 += result (residual add, m == 1)
+ * Modes 1, 2 and out_mode 2 need m == 1; modes 1 and 2 need k <= 16384 (the block forms the input
+ * row once in shared memory). Same alignment rules as infer_gemv_bf16. */
+cudaError_t infer_gemv_fused_bf16(const void *x, const void *w, const void *norm_weight, float eps, void *out, int m,
+                                  int n, int k, int in_mode, int out_mode, cudaStream_t stream);
+
+/* x[i] += f32(delta[i]) for i < n: x f32, delta bf16 (residual add after a prefill GEMM). */
+cudaError_t infer_add_bf16_to_f32(float *x, const void *delta, size_t n, cudaStream_t stream);
+
+/* GGML block-quantized weights (ggml_type: 8 = Q8_0, 2 = Q4_0, 3 = Q4_1, 12 = Q4_K, 14 = Q6_K; w is
+ * [n, k] as whole blocks per row, k a multiple of the block size):
+ *   infer_gemv_quant: out[m, n] = x[m, k] . dequant(w)^T for m in 1..8, x bf16 (16-byte aligned),
+ *                     out bf16 or f32 (out_f32 != 0), f32 accumulation.
+ *   infer_dequant_bf16: out[rows, k] bf16 = dequant(w) (prefill: the GEMM then runs on cuBLASLt).
+ *   infer_embedding_quant: out[i, :] = f32(dequant(table[ids[i], :])) (out-of-range ids give zeros). */
+cudaError_t infer_gemv_quant(const void *x, const void *w, int ggml_type, void *out, int m, int n, int k, int out_f32,
+                             cudaStream_t stream);
+cudaError_t infer_dequant_bf16(const void *w, int ggml_type, void *out, int rows, int k, cudaStream_t stream);
+cudaError_t infer_embedding_quant(const int32_t *ids, const void *table, int ggml_type, float *out, int n_tokens,
+                                  int hidden, int vocab, cudaStream_t stream);
+
 /* RoPE (Hugging Face rotate_half layout: pairs (j, j + head_dim/2)) on the fused projection
  * qkv [seq, (n_heads + 2 n_kv_heads) head_dim]; row i is at position pos0 + i with pos0 = *pos_dev.
  * Writes the rotated q to q_out [seq, n_heads head_dim], the rotated k and the v rows into the
@@ -67,6 +93,25 @@ cudaError_t infer_swiglu_bf16(const void *gate_up, void *out, int rows, int inte
  * infer_argmax_workspace_bytes(n) bytes. */
 cudaError_t infer_argmax_f32(const float *logits, int n, int32_t *out_id, void *workspace, cudaStream_t stream);
 size_t infer_argmax_workspace_bytes(int n);
+
+/* Sampling parameters (device memory, so a captured decode graph reads the current ones). */
+typedef struct InferSampleParams {
+    float temperature;        /* <= 0: greedy */
+    int32_t top_k;            /* 0: off */
+    float top_p;              /* >= 1: off */
+    float min_p;              /* 0: off */
+    float repetition_penalty; /* 1: off; applied to ids flagged in in_context */
+    float presence_penalty;   /* applied to ids with counts > 0 */
+    float frequency_penalty;  /* times counts */
+} InferSampleParams;
+
+/* Samples one id from logits[0..n] on the device (one block): penalties, then greedy or temperature /
+ * top-k / min-p / top-p and a draw with the uniform *u_dev in [0, 1). Writes *out_id (-1 when no logit
+ * is selectable), then counts[id] += 1 and in_context[id] = 1 (the generation's penalty state lives on
+ * the device). workspace: n floats. Deterministic for given inputs. */
+cudaError_t infer_sample_f32(const float *logits, int n, const InferSampleParams *params, const double *u_dev,
+                             int32_t *counts, uint8_t *in_context, int32_t *out_id, float *workspace,
+                             cudaStream_t stream);
 
 /* Element conversions (used once at load for f32/f16 checkpoints, and by tests). */
 cudaError_t infer_f32_to_bf16(const float *in, void *out, size_t n, cudaStream_t stream);

@@ -28,7 +28,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json) or a GGUF file.
     #[arg(long, short)]
     pub model: PathBuf,
     /// `cpu`, `cuda` or `cuda:N`.

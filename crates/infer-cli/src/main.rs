@@ -27,7 +27,12 @@ fn main() -> ExitCode {
 }
 
 fn load(m: &ModelArgs) -> infer_core::Result<Llama3> {
-    let opts = LoadOptions { device: m.device, context_length: m.context_length, progress: !m.no_progress };
+    let opts = LoadOptions {
+        device: m.device,
+        context_length: m.context_length,
+        progress: !m.no_progress,
+        ..LoadOptions::default()
+    };
     Llama3::load(&m.model, opts)
 }
 

@@ -143,3 +143,37 @@ fn interactive_chat_reads_stdin() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("decode").count(), 3, "three replies: {stderr}");
 }
+
+/// The SmolLM2 GGUF (`RUSTINFER_SMOLLM2`, else the cache of `scripts/fetch_smollm2.sh`).
+fn smollm2() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RUSTINFER_SMOLLM2") {
+        return Some(PathBuf::from(p));
+    }
+    let cache = match std::env::var_os("RUSTINFER_CACHE") {
+        Some(c) => PathBuf::from(c),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/rustinfer"),
+    };
+    Some(cache.join("smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf")).filter(|p| p.is_file())
+}
+
+#[test]
+fn generate_from_a_gguf_file() {
+    let Some(model) = smollm2() else {
+        println!("SKIP: no SmolLM2 GGUF (run scripts/fetch_smollm2.sh or set RUSTINFER_SMOLLM2)");
+        return;
+    };
+    let text = std::fs::read_to_string(fixtures().join("smollm2/golden.json")).unwrap();
+    let golden: Value = serde_json::from_str(&text).unwrap();
+    let case = &golden["cases"][0];
+    assert_eq!(case["name"], "chat_capital");
+    let prompt = case["messages"][0]["content"].as_str().unwrap();
+    let m = model.to_str().unwrap();
+    let out =
+        cli(&["generate", "--model", m, "--chat", "-p", prompt, "--temperature", "0", "--max-tokens", "48", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert_eq!(v["prompt_ids"], case["ids"]);
+    assert_eq!(v["ids"], case["greedy_ids"]);
+    assert_eq!(v["text"], case["greedy_text"]);
+    assert_eq!(v["finish_reason"], "stop");
+}

@@ -7,11 +7,13 @@
 mod common;
 
 use common::gpu_available;
+use infer_core::cuda::fused::{GemvIn, GemvOut, gemv_fused};
 use infer_core::model::config::LlamaConfig;
 use infer_core::op::attention::attention;
 use infer_core::op::rope::RopeTable;
 use infer_core::op::{
-    Positions, add_rms_norm::add_rms_norm, embedding::embedding, matmul::matmul, rope_kv::rope_kv, swiglu::swiglu,
+    Positions, Precision, add_rms_norm::add_rms_norm, embedding::embedding, matmul::matmul, matmul_add::matmul_add,
+    norm_linear::norm_linear, rope_kv::rope_kv, swiglu::swiglu, swiglu_matmul_add::swiglu_matmul_add,
 };
 use infer_core::{DType, DeviceType, Tensor};
 
@@ -56,9 +58,16 @@ fn matmul_gemv_and_gemm() {
     if !gpu_available() {
         return;
     }
-    for &(m, n, k) in
-        &[(1, 3, 8), (1, 1000, 2056), (3, 77, 264), (8, 64, 64), (9, 130, 72), (64, 300, 520), (130, 257, 64)]
-    {
+    for &(m, n, k) in &[
+        (1, 3, 8),
+        (1, 1000, 2056),
+        (1, 300, 8192),
+        (3, 77, 264),
+        (8, 64, 64),
+        (9, 130, 72),
+        (64, 300, 520),
+        (130, 257, 64),
+    ] {
         let (x, w) = (host(&[m, k], 1, 1.0), host(&[n, k], 2, 0.5));
         let mut want = Tensor::zeros(&[m, n], DType::F32);
         matmul(&x, &w, &mut want).unwrap();
@@ -67,6 +76,51 @@ fn matmul_gemv_and_gemm() {
             matmul(&to_gpu(&x, DType::BF16), &to_gpu(&w, DType::BF16), &mut out).unwrap();
             // Sums of k products: compare relative to sqrt(k) scale.
             assert_close(&format!("matmul m{m} n{n} k{k} {out_dtype}"), &out, &want, 3e-2 * (k as f32).sqrt() / 4.0);
+        }
+    }
+}
+
+/// The fused decode ops (one row: norm in the GEMV, SwiGLU in the GEMV, residual add in the
+/// epilogue) and their unfused GPU forms (several rows) against the CPU ops.
+#[test]
+fn fused_norm_linear_matmul_add_swiglu() {
+    if !gpu_available() {
+        return;
+    }
+    for &(rows, dim, n, inter) in &[(1, 2048, 3072, 8192), (1, 64, 40, 24), (5, 64, 40, 24), (20, 256, 72, 96)] {
+        let tol = 3e-2 * (dim.max(inter) as f32).sqrt() / 4.0;
+        let (x, g, w) = (host(&[rows, dim], 11, 2.0), host(&[dim], 12, 1.0), host(&[n, dim], 13, 0.5));
+        let (mut h, mut want) = (Tensor::zeros(&[rows, dim], DType::F32), Tensor::zeros(&[rows, n], DType::F32));
+        norm_linear(&x, &g, 1e-5, &[&w], &mut h, &mut want, Precision::Exact).unwrap();
+        let mut hg = Tensor::zeros_on(&[rows, dim], DType::BF16, GPU).unwrap();
+        for out_dtype in [DType::BF16, DType::F32] {
+            let mut out = Tensor::zeros_on(&[rows, n], out_dtype, GPU).unwrap();
+            let (xg, gg, wg) = (to_gpu(&x, DType::F32), to_gpu(&g, DType::BF16), to_gpu(&w, DType::BF16));
+            norm_linear(&xg, &gg, 1e-5, &[&wg], &mut hg, &mut out, Precision::Fast).unwrap();
+            assert_close(&format!("norm_linear {rows}x{dim}x{n} {out_dtype}"), &out, &want, tol);
+        }
+        // x[rows, dim] += a[rows, n] · w2[dim, n]ᵀ
+        let (a, w2) = (host(&[rows, n], 14, 1.0), host(&[dim, n], 15, 0.5));
+        let (mut xc, mut sc) = (x.clone(), Tensor::zeros(&[rows, dim], DType::F32));
+        matmul_add(&a, &w2, &mut sc, &mut xc, Precision::Exact).unwrap();
+        let mut xg = to_gpu(&x, DType::F32);
+        let mut sg = Tensor::zeros_on(&[rows, dim], DType::BF16, GPU).unwrap();
+        matmul_add(&to_gpu(&a, DType::BF16), &to_gpu(&w2, DType::BF16), &mut sg, &mut xg, Precision::Fast).unwrap();
+        assert_close(&format!("matmul_add {rows}x{n}->{dim}"), &xg, &xc, tol);
+        // x[rows, dim] += swiglu(gu[rows, 2 inter]) · w3[dim, inter]ᵀ
+        let (gu, w3) = (host(&[rows, 2 * inter], 16, 3.0), host(&[dim, inter], 17, 0.5));
+        let (mut xc, mut ac) = (x.clone(), Tensor::zeros(&[rows, inter], DType::F32));
+        swiglu_matmul_add(&gu, &w3, &mut ac, &mut sc, &mut xc, Precision::Exact).unwrap();
+        let mut xg = to_gpu(&x, DType::F32);
+        let mut ag = Tensor::zeros_on(&[rows, inter], DType::BF16, GPU).unwrap();
+        let (gug, w3g) = (to_gpu(&gu, DType::BF16), to_gpu(&w3, DType::BF16));
+        swiglu_matmul_add(&gug, &w3g, &mut ag, &mut sg, &mut xg, Precision::Fast).unwrap();
+        assert_close(&format!("swiglu_matmul_add {rows}x{inter}->{dim}"), &xg, &xc, tol);
+        if rows == 1 {
+            // The SwiGLU-input GEMV directly (opt-in by default, see cuda::fused::enabled).
+            let mut xg = to_gpu(&x, DType::F32);
+            gemv_fused(&gug, &w3g, GemvIn::SwiGlu, &mut xg, GemvOut::Accumulate).unwrap();
+            assert_close(&format!("gemv swiglu-in {inter}->{dim}"), &xg, &xc, tol);
         }
     }
 }

@@ -47,7 +47,7 @@ impl Storage {
             Storage::Bytes(v) => v.len(),
             Storage::Mapped { len, .. } => *len,
             #[cfg(feature = "cuda")]
-            Storage::Cuda(c) => c.len() * c.dtype().size_of(),
+            Storage::Cuda(c) => c.dtype().bytes_for(c.len()).unwrap_or(0),
         }
     }
 

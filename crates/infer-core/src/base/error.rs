@@ -22,6 +22,10 @@ pub enum Error {
     #[error("invalid safetensors file {path}: {msg}")]
     Safetensors { path: PathBuf, msg: String },
 
+    /// A GGUF file that is malformed, or holds something this engine does not support.
+    #[error("invalid GGUF file {path}: {msg}")]
+    Gguf { path: PathBuf, msg: String },
+
     #[error("tensor `{name}` not found in the weights of {path}")]
     MissingTensor { name: String, path: PathBuf },
 

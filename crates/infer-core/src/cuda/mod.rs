@@ -4,7 +4,10 @@
 
 pub mod device;
 pub mod ffi;
+pub mod fused;
 pub mod ops;
+pub mod quant;
+pub mod sample;
 pub mod storage;
 
 pub use device::{CudaDevice, DeviceI32, EventTimer, device};

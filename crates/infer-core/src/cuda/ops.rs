@@ -18,14 +18,14 @@ use crate::op::Positions;
 use crate::op::rope::RopeTable;
 use crate::tensor::{DType, Tensor};
 
-fn dev_of(op: &'static str, t: &Tensor) -> Result<Arc<CudaDevice>> {
+pub(super) fn dev_of(op: &'static str, t: &Tensor) -> Result<Arc<CudaDevice>> {
     let dev = t.cuda_storage().map_err(|e| Error::op(op, e.to_string()))?.dev.clone();
     dev.bind()?;
     Ok(dev)
 }
 
 /// Checks that `t` is a CUDA tensor of `dtype` on `dev`.
-fn expect(op: &'static str, what: &str, t: &Tensor, dtype: DType, dev: &CudaDevice) -> Result<()> {
+pub(super) fn expect(op: &'static str, what: &str, t: &Tensor, dtype: DType, dev: &CudaDevice) -> Result<()> {
     let s =
         t.cuda_storage().map_err(|_| Error::op(op, format!("{what} must be on {}, found on cpu", dev_name(dev))))?;
     if s.dev.ordinal != dev.ordinal {
@@ -41,15 +41,15 @@ fn dev_name(dev: &CudaDevice) -> String {
     format!("cuda:{}", dev.ordinal)
 }
 
-fn ptr(t: &Tensor) -> Result<*const c_void> {
+pub(super) fn ptr(t: &Tensor) -> Result<*const c_void> {
     Ok(t.cuda_storage()?.ptr())
 }
 
-fn ptr_mut(t: &mut Tensor) -> Result<*mut c_void> {
+pub(super) fn ptr_mut(t: &mut Tensor) -> Result<*mut c_void> {
     Ok(t.cuda_storage_mut()?.ptr_mut())
 }
 
-fn int(op: &'static str, v: usize) -> Result<i32> {
+pub(super) fn int(op: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::op(op, format!("size {v} exceeds the kernels' i32 range")))
 }
 
@@ -76,6 +76,9 @@ pub fn embedding_dev(ids: &DeviceI32, n: usize, table: &Tensor, out: &mut Tensor
     const OP: &str = "embedding";
     let dev = dev_of(OP, table)?;
     let (vocab, hidden) = table.dims2(OP)?;
+    if table.dtype().is_quantized() {
+        return super::quant::embedding_quant(&dev, ids, n, table, out, hidden, vocab);
+    }
     expect(OP, "table", table, DType::BF16, &dev)?;
     expect(OP, "output", out, DType::F32, &dev)?;
     // SAFETY: ids holds n i32 on this device; table is [vocab, hidden] bf16 and out [n, hidden]
@@ -139,6 +142,9 @@ pub fn matmul(x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
     let (n, k) = w.dims2(OP)?;
     let m = x.numel() / k.max(1);
     expect(OP, "x", x, DType::BF16, &dev)?;
+    if w.dtype().is_quantized() {
+        return super::quant::matmul_quant(&dev, x, w, out, m, n, k);
+    }
     expect(OP, "w", w, DType::BF16, &dev)?;
     let out_f32 = out.dtype() == DType::F32;
     expect(OP, "out", out, if out_f32 { DType::F32 } else { DType::BF16 }, &dev)?;
@@ -158,6 +164,24 @@ pub fn matmul(x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
             )
         };
         return ffi::check(OP, st);
+    }
+    let (xs, ws) = (bf16_slice(x)?, bf16_slice(w)?);
+    cublaslt_bf16(&dev, xs, ws, out, m, n, k)
+}
+
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` on cuBLASLt, all bf16 (f32 accumulation); `out` must be bf16.
+pub(super) fn cublaslt_bf16(
+    dev: &CudaDevice,
+    xs: &CudaSlice<bf16>,
+    ws: &CudaSlice<bf16>,
+    out: &mut Tensor,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    const OP: &str = "matmul";
+    if xs.len() < m * k || ws.len() < n * k || out.numel() != m * n {
+        return Err(Error::op(OP, format!("cuBLASLt buffers do not hold [{m}, {k}] · [{n}, {k}]ᵀ")));
     }
     // Row-major out[m, n] is column-major outᵀ[n, m] = w[n, k] · x[k, m]: A = w (transposed
     // from its column-major [k, n] view), B = x as column-major [k, m].
@@ -179,10 +203,9 @@ pub fn matmul(x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
         stride_bias: None,
         batch_size: None,
     };
-    let (xs, ws) = (bf16_slice(x)?, bf16_slice(w)?);
     let os = match &mut out.cuda_storage_mut()?.data {
         CudaData::BF16(s) => s,
-        CudaData::F32(_) => return Err(Error::op(OP, "bf16 output expected")),
+        _ => return Err(Error::op(OP, "bf16 output expected")),
     };
     // SAFETY: the config describes exactly the buffers' shapes (checked above); cuBLASLt reads
     // k*n and k*m bf16 elements and writes m*n, all within the slices.
@@ -192,7 +215,7 @@ pub fn matmul(x: &Tensor, w: &Tensor, out: &mut Tensor) -> Result<()> {
 fn bf16_slice(t: &Tensor) -> Result<&CudaSlice<bf16>> {
     match &t.cuda_storage()?.data {
         CudaData::BF16(s) => Ok(s),
-        CudaData::F32(_) => Err(Error::op("matmul", "bf16 tensor expected")),
+        _ => Err(Error::op("matmul", "bf16 tensor expected")),
     }
 }
 

@@ -13,6 +13,8 @@ use crate::tensor::{DType, TensorData};
 pub enum CudaData {
     F32(CudaSlice<f32>),
     BF16(CudaSlice<bf16>),
+    /// Whole blocks of a GGML block-quantized dtype (weights only).
+    Quant(DType, CudaSlice<u8>),
 }
 
 /// Device memory plus the device it lives on.
@@ -34,6 +36,7 @@ impl Clone for CudaStorage {
         let data = match &self.data {
             CudaData::F32(s) => CudaData::F32(s.clone()),
             CudaData::BF16(s) => CudaData::BF16(s.clone()),
+            CudaData::Quant(d, s) => CudaData::Quant(*d, s.clone()),
         };
         CudaStorage { data, dev: self.dev.clone() }
     }
@@ -73,11 +76,21 @@ impl CudaStorage {
     }
 
     /// The first `n` elements copied back to host storage (synchronises the stream).
+    /// Uploads whole blocks of a quantized host tensor unchanged.
+    pub fn upload_quant(dev: &Arc<CudaDevice>, dtype: DType, bytes: &[u8]) -> Result<Self> {
+        let data = dev.stream.clone_htod(bytes).map_err(|e| driver_err("upload", e))?;
+        Ok(CudaStorage { data: CudaData::Quant(dtype, data), dev: dev.clone() })
+    }
+
     pub fn download(&self, n: usize) -> Result<Storage> {
         let down = |e| driver_err("download", e);
         Ok(match &self.data {
             CudaData::F32(s) => Storage::F32(self.dev.stream.clone_dtoh(&s.slice(..n)).map_err(down)?),
             CudaData::BF16(s) => Storage::BF16(self.dev.stream.clone_dtoh(&s.slice(..n)).map_err(down)?),
+            CudaData::Quant(d, s) => {
+                let bytes = d.bytes_for(n).unwrap_or(s.len()).min(s.len());
+                Storage::Bytes(self.dev.stream.clone_dtoh(&s.slice(..bytes)).map_err(down)?)
+            }
         })
     }
 
@@ -85,6 +98,7 @@ impl CudaStorage {
         match self.data {
             CudaData::F32(_) => DType::F32,
             CudaData::BF16(_) => DType::BF16,
+            CudaData::Quant(d, _) => d,
         }
     }
 
@@ -93,6 +107,7 @@ impl CudaStorage {
         match &self.data {
             CudaData::F32(s) => s.len(),
             CudaData::BF16(s) => s.len(),
+            CudaData::Quant(d, s) => d.elems_in(s.len()),
         }
     }
 
@@ -106,6 +121,7 @@ impl CudaStorage {
         let (p, _sync) = match &self.data {
             CudaData::F32(d) => d.device_ptr(s),
             CudaData::BF16(d) => d.device_ptr(s),
+            CudaData::Quant(_, d) => d.device_ptr(s),
         };
         p as *const std::ffi::c_void
     }
@@ -116,6 +132,7 @@ impl CudaStorage {
         let (p, _sync) = match &mut self.data {
             CudaData::F32(d) => d.device_ptr_mut(&s),
             CudaData::BF16(d) => d.device_ptr_mut(&s),
+            CudaData::Quant(_, d) => d.device_ptr_mut(&s),
         };
         p as *mut std::ffi::c_void
     }

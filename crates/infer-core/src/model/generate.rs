@@ -233,6 +233,9 @@ impl Llama3 {
             && sc.presence_penalty == 0.0
             && sc.frequency_penalty == 0.0
             && !self.device.is_cpu();
+        // Any other sampling on a GPU: the device samples (penalties included), only ids cross.
+        let device_sample = !greedy_fast && self.samples_on_device();
+        let on_device = greedy_fast || device_sample;
         let t1 = Instant::now();
         let mut next: Option<u32> = None;
         while g.ids.len() < opts.max_new_tokens {
@@ -251,6 +254,12 @@ impl Llama3 {
             if more && greedy_fast {
                 // Plain greedy on a GPU: queue the next step now, detokenize while it runs.
                 self.greedy_launch(id, pos)?;
+            } else if more && device_sample {
+                if g.ids.len() == 1 {
+                    // The first id came from the prefill logits on the host; the device takes over.
+                    self.sample_start(sc, &context, &g.ids)?;
+                }
+                self.sample_launch(id, pos, sampler.uniform())?;
             }
             g.text.push_str(&decoder.push(&self.tokenizer, id)?);
             let (delta, stopped) = stops.scan(&mut g.text, false);
@@ -258,7 +267,7 @@ impl Llama3 {
                 on_text(&delta);
             }
             if stopped {
-                if more && greedy_fast {
+                if more && on_device {
                     self.greedy_wait()?; // leave no step in flight
                 }
                 g.finish_reason = FinishReason::Stop;
@@ -268,7 +277,7 @@ impl Llama3 {
             if !more {
                 break;
             }
-            if greedy_fast {
+            if on_device {
                 next = Some(self.greedy_wait()?);
             } else {
                 logits.copy_from_slice(self.forward_tokens(&[id], pos, false)?.as_f32()?);

@@ -9,8 +9,18 @@ use half::bf16;
 
 use super::llama3::{LayerWeights, Weights};
 use crate::base::{DeviceType, Error, Result};
+use crate::cuda::sample::DeviceSampler;
 use crate::cuda::{CudaDevice, DeviceI32, device::driver_err};
 use crate::tensor::{DType, Tensor};
+
+/// How a decode step picks its next id on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Select {
+    /// Argmax of the logits.
+    Greedy = 0,
+    /// [`DeviceSampler`] with its current parameters and uniform.
+    Sample = 1,
+}
 
 /// Device-side state of a model on a GPU.
 pub(crate) struct GpuState {
@@ -21,8 +31,11 @@ pub(crate) struct GpuState {
     pub ids: DeviceI32,
     /// Logits of the decode step, `[1, vocab]` f32.
     pub logits: Tensor,
-    /// The captured decode step and the workspace capacity it was captured with.
-    pub graph: Option<(CudaGraph, usize)>,
+    /// The captured decode steps (indexed by [`Select`]) and the workspace capacity each was
+    /// captured with.
+    pub graphs: [Option<(CudaGraph, usize)>; 2],
+    /// Sampling state for non-greedy decoding on the device.
+    pub sampler: DeviceSampler,
     /// Decode steps run eagerly so far (the first one sizes scratch buffers before capture).
     pub eager_steps: usize,
     /// The id the last decode step's argmax left in `ids` (so the next step need not upload it).
@@ -36,7 +49,8 @@ impl GpuState {
             pos: DeviceI32::new(&dev, &[0])?,
             ids: DeviceI32::new(&dev, &vec![0; chunk])?,
             logits: Tensor::zeros_on(&[1, vocab], DType::F32, DeviceType::Cuda(ordinal))?,
-            graph: None,
+            graphs: [None, None],
+            sampler: DeviceSampler::new(&dev, vocab)?,
             eager_steps: 0,
             device_next: None,
             dev,
@@ -51,21 +65,40 @@ impl GpuState {
             .map_err(|e| driver_err("begin graph capture", e))
     }
 
-    /// Ends the capture and keeps the instantiated graph.
-    pub fn end_capture(&mut self, capacity: usize) -> Result<()> {
+    /// Ends the capture and keeps the instantiated graph for `select`.
+    pub fn end_capture(&mut self, capacity: usize, select: Select) -> Result<()> {
         let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
         let graph = self.dev.stream.end_capture(flags).map_err(|e| driver_err("end graph capture", e))?;
         let graph = graph.ok_or_else(|| Error::op("cuda_graph", "stream capture produced no graph"))?;
-        self.graph = Some((graph, capacity));
+        self.graphs[select as usize] = Some((graph, capacity));
         Ok(())
     }
 
-    pub fn launch(&self) -> Result<()> {
-        match &self.graph {
+    pub fn launch(&self, select: Select) -> Result<()> {
+        match &self.graphs[select as usize] {
             Some((g, _)) => g.launch().map_err(|e| driver_err("graph launch", e)),
             None => Err(Error::op("cuda_graph", "no captured graph")),
         }
     }
+}
+
+/// Rows of several host tensors stacked into one tensor (fused projections): the blocks as they
+/// are when every part has the same quantized dtype (rows are whole blocks), else bf16.
+fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
+    let dtype = parts.first().map(|p| p.dtype()).ok_or_else(|| Error::op("upload", "no parts"))?;
+    if dtype.is_quantized() && parts.iter().all(|p| p.dtype() == dtype) {
+        let cols = parts[0].shape()[1];
+        let rows: usize = parts.iter().map(|p| p.shape()[0]).sum();
+        let mut bytes = Vec::new();
+        for p in parts {
+            match p.data()? {
+                crate::tensor::TensorData::Quant(_, b) => bytes.extend_from_slice(b),
+                _ => return Err(Error::op("upload", "quantized part without blocks")),
+            }
+        }
+        return Tensor::from_quantized(&[rows, cols], dtype, bytes);
+    }
+    cat_rows_bf16(parts)
 }
 
 /// Rows of several host tensors stacked into one bf16 tensor (fused projections).
@@ -86,18 +119,22 @@ fn cat_rows_bf16(parts: &[Tensor]) -> Result<Tensor> {
     Tensor::from_bf16(&[rows, cols], out)
 }
 
-/// Uploads the weights to the GPU once: bf16 everywhere (f32/f16 checkpoints converted here),
-/// q/k/v and gate/up fused into one matrix each.
+/// Uploads the weights to the GPU once: bf16 (f32/f16 checkpoints converted here), or the
+/// blocks unchanged for block-quantized (GGUF) matrices; q/k/v and gate/up fused into one
+/// matrix each.
 pub(crate) fn upload_weights(w: Weights, device: DeviceType, mut progress: impl FnMut(u64)) -> Result<Weights> {
-    let up = |t: &Tensor| t.to_device_as(device, DType::BF16);
+    let up = |t: &Tensor| {
+        let dtype = if t.dtype().is_quantized() { t.dtype() } else { DType::BF16 };
+        t.to_device_as(device, dtype)
+    };
     let mut layers = Vec::with_capacity(w.layers.len());
     for l in &w.layers {
         let layer = LayerWeights {
             input_layernorm: up(&l.input_layernorm)?,
-            qkv_proj: vec![up(&cat_rows_bf16(&l.qkv_proj)?)?],
+            qkv_proj: vec![up(&cat_rows(&l.qkv_proj)?)?],
             o_proj: up(&l.o_proj)?,
             post_attention_layernorm: up(&l.post_attention_layernorm)?,
-            gate_up_proj: vec![up(&cat_rows_bf16(&l.gate_up_proj)?)?],
+            gate_up_proj: vec![up(&cat_rows(&l.gate_up_proj)?)?],
             down_proj: up(&l.down_proj)?,
         };
         let bytes = [&l.o_proj, &l.down_proj].iter().map(|t| t.storage_bytes() as u64).sum::<u64>()

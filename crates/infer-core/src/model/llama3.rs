@@ -8,6 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::chat::ChatTemplate;
 use super::config::LlamaConfig;
+#[cfg(feature = "cuda")]
+use super::gpu::Select;
 use super::kv_cache::KvCache;
 use super::safetensors::WeightStore;
 use super::sampler::{SamplerConfig, from_generation_config};
@@ -16,8 +18,9 @@ use super::weights::WeightSource;
 use super::{Model, workspace::Workspace};
 use crate::base::{DeviceType, Error, Result};
 use crate::op::embedding::{Ids, embedding_ids};
-use crate::op::{Positions, add_rms_norm::add_rms_norm, attention::attention};
-use crate::op::{linear::linear, matmul::matmul, rope::RopeTable, rope_kv::rope_kv, swiglu::swiglu};
+use crate::op::swiglu_matmul_add::swiglu_matmul_add;
+use crate::op::{Positions, Precision, attention::attention, matmul::matmul, matmul_add::matmul_add};
+use crate::op::{norm_linear::norm_linear, rms_norm::rms_norm, rope::RopeTable, rope_kv::rope_kv};
 use crate::tensor::{DType, Tensor};
 
 /// Default KV-cache length when the user does not choose one.
@@ -33,11 +36,13 @@ pub struct LoadOptions {
     pub context_length: Option<usize>,
     /// Show a progress bar while reading weights (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// CPU matmul precision: [`Precision::Fast`] (default) or the exact f32 reference path.
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: DeviceType::Cpu, context_length: None, progress: true }
+        LoadOptions { device: DeviceType::Cpu, context_length: None, progress: true, precision: Precision::default() }
     }
 }
 
@@ -98,11 +103,44 @@ impl Weights {
     }
 }
 
+/// What a model source (Hugging Face directory or GGUF file) provides before the weights are
+/// placed on a device.
+pub(crate) struct ModelParts {
+    pub config: LlamaConfig,
+    pub store: Box<dyn WeightSource>,
+    pub tokenizer: HfTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub generation_defaults: SamplerConfig,
+    /// Every id that ends generation, sorted and deduplicated.
+    pub eos_ids: Vec<u32>,
+}
+
+impl ModelParts {
+    /// A Hugging Face model directory: config.json, safetensors, tokenizer and generation files.
+    fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let store: Box<dyn WeightSource> = Box::new(WeightStore::open(dir)?);
+        let tokenizer = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let chat_template = ChatTemplate::from_model_dir(dir)?;
+        let generation_defaults = from_generation_config(&dir.join("generation_config.json"))?.unwrap_or_default();
+        let mut eos_ids = config.eos_token_ids.clone();
+        eos_ids.extend(generation_eos_ids(&dir.join("generation_config.json"))?);
+        for special in ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"] {
+            eos_ids.extend(tokenizer.token_to_id(special));
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        Ok(ModelParts { config, store, tokenizer, chat_template, generation_defaults, eos_ids })
+    }
+}
+
 /// A loaded Llama 3 model with its tokenizer, chat template, KV cache and workspace.
 pub struct Llama3 {
     pub(crate) config: LlamaConfig,
     pub(crate) dir: PathBuf,
     pub(crate) device: DeviceType,
+    /// CPU matmul precision chosen at load.
+    pub(crate) precision: Precision,
     pub(crate) weights: Weights,
     /// The mapped files behind CPU weights (dropped once weights are uploaded to a GPU).
     _store: Option<Box<dyn WeightSource>>,
@@ -152,10 +190,13 @@ fn check_device(device: DeviceType) -> Result<()> {
 }
 
 impl Llama3 {
-    /// The seed's constructor: loads a Hugging Face model directory. `quantized` asks for
-    /// quantized weights, which need a GGUF file; a safetensors directory gives an error.
+    /// The seed's constructor: loads a Hugging Face model directory or a GGUF file. `quantized`
+    /// asks for quantized weights, which need a GGUF file (a safetensors directory gives an
+    /// error). A GGUF file always keeps its weights as stored (quantized blocks stay blocks,
+    /// dequantized row by row inside the matmul), so `quantized = false` loads it the same way;
+    /// the compute precision is chosen separately.
     pub fn new(path: impl AsRef<Path>, device: DeviceType, quantized: bool) -> Result<Self> {
-        if quantized {
+        if quantized && !super::gguf::is_gguf_file(path.as_ref()) {
             return Err(Error::InvalidArgument(format!(
                 "quantized loading needs a GGUF model file; {} is a safetensors model (load it with quantized = false)",
                 path.as_ref().display()
@@ -164,15 +205,18 @@ impl Llama3 {
         Self::load(path, LoadOptions { device, ..LoadOptions::default() })
     }
 
-    /// Loads a Hugging Face model directory (config.json, safetensors, tokenizer files).
+    /// Loads a Hugging Face model directory (config.json, safetensors, tokenizer files) or a
+    /// GGUF file (a file starting with `GGUF`: config, weights, tokenizer, chat template).
     pub fn load(path: impl AsRef<Path>, opts: LoadOptions) -> Result<Self> {
         let t0 = Instant::now();
         let dir = path.as_ref().to_path_buf();
-        if !dir.is_dir() {
+        let gguf = super::gguf::is_gguf_file(&dir);
+        if !gguf && !dir.is_dir() {
             return Err(Error::ModelNotFound(dir));
         }
         check_device(opts.device)?;
-        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let parts = if gguf { super::gguf::load_parts(&dir)? } else { ModelParts::from_hf_dir(&dir)? };
+        let ModelParts { config, store, tokenizer, chat_template, generation_defaults, eos_ids } = parts;
         let context = match opts.context_length {
             None => config.max_position_embeddings.min(DEFAULT_CONTEXT),
             Some(0) => return Err(Error::InvalidArgument("context length must be at least 1".into())),
@@ -184,18 +228,7 @@ impl Llama3 {
             }
             Some(n) => n,
         };
-        let store: Box<dyn WeightSource> = Box::new(WeightStore::open(&dir)?);
         let weights = Weights::load(store.as_ref(), &config)?;
-        let tokenizer = HfTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let chat_template = ChatTemplate::from_model_dir(&dir)?;
-        let generation_defaults = from_generation_config(&dir.join("generation_config.json"))?.unwrap_or_default();
-        let mut eos_ids = config.eos_token_ids.clone();
-        eos_ids.extend(generation_eos_ids(&dir.join("generation_config.json"))?);
-        for special in ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"] {
-            eos_ids.extend(tokenizer.token_to_id(special));
-        }
-        eos_ids.sort_unstable();
-        eos_ids.dedup();
         let bar = progress_bar(opts.progress, store.file_bytes());
         let (weights, store) = if opts.device.is_cpu() {
             store.prefault(&mut |n| bar.inc(n));
@@ -220,6 +253,7 @@ impl Llama3 {
         Ok(Llama3 {
             dir,
             device: opts.device,
+            precision: opts.precision,
             weights,
             _store: store,
             #[cfg(feature = "cuda")]
@@ -348,21 +382,18 @@ impl Llama3 {
         let (dev_pos, dev_ids) = (None, None);
         let pos = Positions { start: pos0, device: dev_pos };
         embedding_ids(&Ids { host: ids, device: dev_ids }, &self.weights.embed_tokens, &mut ws.x)?; // [seq, hidden] f32
+        let p = self.precision;
         for (l, w) in self.weights.layers.iter().enumerate() {
-            // The previous layer's MLP output joins the residual stream here.
-            let delta = (l > 0).then_some(&ws.delta);
-            add_rms_norm(&mut ws.x, delta, &w.input_layernorm, eps, &mut ws.h)?; // [seq, hidden]
-            linear(&ws.h, &w.qkv_proj, &mut ws.qkv)?; // [seq, (n_heads + 2 n_kv_heads) * head_dim]
+            // [seq, (n_heads + 2 n_kv_heads) * head_dim]; ws.h: [seq, hidden] normed (unless fused)
+            norm_linear(&ws.x, &w.input_layernorm, eps, &w.qkv_proj, &mut ws.h, &mut ws.qkv, p)?;
             let (kc, vc) = self.cache.layer_mut(l)?; // [n_kv_heads, ctx, head_dim]
             rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?; // q: [seq, n_heads * head_dim]
             attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
-            matmul(&ws.att, &w.o_proj, &mut ws.delta)?; // [seq, hidden]
-            add_rms_norm(&mut ws.x, Some(&ws.delta), &w.post_attention_layernorm, eps, &mut ws.h)?;
-            linear(&ws.h, &w.gate_up_proj, &mut ws.gate_up)?; // [seq, 2 * intermediate]
-            swiglu(&ws.gate_up, &mut ws.act)?; // [seq, intermediate]
-            matmul(&ws.act, &w.down_proj, &mut ws.delta)?; // [seq, hidden]
+            matmul_add(&ws.att, &w.o_proj, &mut ws.delta, &mut ws.x, p)?; // x += att · o_projᵀ
+            norm_linear(&ws.x, &w.post_attention_layernorm, eps, &w.gate_up_proj, &mut ws.h, &mut ws.gate_up, p)?;
+            swiglu_matmul_add(&ws.gate_up, &w.down_proj, &mut ws.act, &mut ws.delta, &mut ws.x, p)?; // x += mlp
         }
-        add_rms_norm(&mut ws.x, Some(&ws.delta), &self.weights.norm, eps, &mut ws.h)
+        rms_norm(&ws.x, &self.weights.norm, eps, &mut ws.h) // [seq, hidden]
     }
 
     /// LM head over the last `rows_n` normed hidden rows of the chunk, written to logits rows
@@ -386,13 +417,13 @@ impl Llama3 {
         #[cfg(feature = "cuda")]
         if self.gpu.is_some() {
             self.pending_greedy = None;
-            return self.decode_launch(id, pos);
+            return self.decode_launch(id, pos, Select::Greedy);
         }
         self.pending_greedy = Some(self.next_token_greedy(id, pos)?);
         Ok(())
     }
 
-    /// The next id of the step started by [`Llama3::greedy_launch`].
+    /// The next id of the step started by [`Llama3::greedy_launch`] or [`Llama3::sample_launch`].
     pub fn greedy_wait(&mut self) -> Result<u32> {
         if let Some(id) = self.pending_greedy.take() {
             return Ok(id);
@@ -402,6 +433,39 @@ impl Llama3 {
             return self.decode_outputs(false);
         }
         Err(Error::InvalidArgument("greedy_wait without greedy_launch".into()))
+    }
+
+    /// Whether this model can sample on its device ([`Llama3::sample_start`]): true on a GPU.
+    pub fn samples_on_device(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// Prepares sampling on the device for one generation: the parameters, the ids in the
+    /// context (repetition penalty) and the ids generated so far (presence/frequency).
+    pub fn sample_start(&mut self, cfg: &SamplerConfig, context: &[u32], generated: &[u32]) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = self.gpu.as_mut() {
+            return g.sampler.start(cfg, context, generated);
+        }
+        let _ = (cfg, context, generated);
+        Err(Error::InvalidArgument("sampling on the device needs a GPU model".into()))
+    }
+
+    /// Starts a decode step of `id` at `pos` that samples its next id on the device with the
+    /// uniform `u` in [0, 1) ([`Llama3::greedy_wait`] returns the id). GPU only.
+    pub fn sample_launch(&mut self, id: u32, pos: usize, u: f64) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = self.gpu.as_mut() {
+            self.pending_greedy = None;
+            g.sampler.set_uniform(u)?;
+            return self.decode_launch(id, pos, Select::Sample);
+        }
+        let _ = (id, pos, u);
+        Err(Error::InvalidArgument("sampling on the device needs a GPU model".into()))
     }
 
     /// Feeds `id` at position `pos` and returns the most likely next token. On a GPU the argmax
@@ -420,14 +484,14 @@ impl Llama3 {
     /// greedy next id; the logits are copied to the host only when `want_logits`.
     #[cfg(feature = "cuda")]
     fn decode_step_graph(&mut self, id: u32, pos: usize, want_logits: bool) -> Result<u32> {
-        self.decode_launch(id, pos)?;
+        self.decode_launch(id, pos, Select::Greedy)?;
         self.decode_outputs(want_logits)
     }
 
     /// Queues one decode step of `id` at `pos` on the GPU stream without waiting for it, and
     /// records `id` as cached at `pos`.
     #[cfg(feature = "cuda")]
-    fn decode_launch(&mut self, id: u32, pos: usize) -> Result<()> {
+    fn decode_launch(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
         if pos + 1 > self.cache.context() {
             return Err(Error::ContextOverflow {
                 prompt_tokens: pos + 1,
@@ -436,18 +500,20 @@ impl Llama3 {
             });
         }
         self.cached_ids.truncate(pos);
-        self.enqueue_decode_step(id, pos)?;
+        self.enqueue_decode_step(id, pos, select)?;
         self.cached_ids.push(id);
         Ok(())
     }
 
     #[cfg(feature = "cuda")]
-    fn enqueue_decode_step(&mut self, id: u32, pos: usize) -> Result<()> {
+    fn enqueue_decode_step(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
         self.ws.resize(1)?;
         let capacity = self.ws.capacity;
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        if g.graph.as_ref().is_some_and(|(_, cap)| *cap != capacity) {
-            g.graph = None; // the workspace was reallocated since the capture
+        for slot in g.graphs.iter_mut() {
+            if slot.as_ref().is_some_and(|(_, cap)| *cap != capacity) {
+                *slot = None; // the workspace was reallocated since the capture
+            }
         }
         // The previous step's argmax already left its id in device memory.
         if g.device_next != Some(id) {
@@ -455,41 +521,46 @@ impl Llama3 {
         }
         g.pos.set(&[pos as i32])?;
         g.device_next = None;
-        if g.graph.is_none() {
+        if g.graphs[select as usize].is_none() {
             let capture = g.eager_steps > 0;
             g.eager_steps += 1;
             if capture {
                 g.begin_capture()?;
             }
-            let run = self.decode_ops(id, pos);
+            let run = self.decode_ops(id, pos, select);
             let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
             if !capture {
                 return run;
             }
             // End the capture even when an op failed, so the stream is usable again.
-            let ended = g.end_capture(capacity);
+            let ended = g.end_capture(capacity, select);
             run?;
             ended?;
         }
         let g = self.gpu.as_ref().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        g.launch()
+        g.launch(select)
     }
 
     /// The decode step's ops (what the graph captures): layers, final norm, LM head into the
-    /// GPU state's logits buffer.
+    /// GPU state's logits buffer, then the next id (argmax or sampled) into `ids`.
     #[cfg(feature = "cuda")]
-    fn decode_ops(&mut self, id: u32, pos: usize) -> Result<()> {
+    fn decode_ops(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
         self.run_layers(&[id], pos)?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
         matmul(&self.ws.h, head, &mut g.logits)?; // [1, vocab] f32
-        crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids) // next id, read by the next step's embedding
+        match select {
+            Select::Greedy => crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids), // read by the next step
+            Select::Sample => g.sampler.launch(&g.logits, &mut g.ids),
+        }
     }
 
     #[cfg(feature = "cuda")]
     fn decode_outputs(&mut self, want_logits: bool) -> Result<u32> {
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        let next = g.ids.first()? as u32;
+        let next = g.ids.first()?;
+        let next = u32::try_from(next)
+            .map_err(|_| Error::InvalidArgument("sampler: none of the logits is selectable (NaN or -inf)".into()))?;
         g.device_next = Some(next);
         if want_logits {
             let host = g.logits.to_host()?;

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod config;
 pub mod detokenizer;
 pub mod generate;
+pub mod gguf;
 #[cfg(feature = "cuda")]
 mod gpu;
 pub mod kv_cache;

@@ -152,6 +152,12 @@ impl Sampler {
         *self.counts.entry(id).or_insert(0) += 1;
     }
 
+    /// The next uniform number in [0, 1) of this sampler's RNG (for draws made elsewhere, e.g.
+    /// on a GPU: the same seed gives the same sequence of draws).
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.random::<f64>()
+    }
+
     /// Forgets the generated-token counts (the RNG stream continues).
     pub fn reset(&mut self) {
         self.counts.clear();

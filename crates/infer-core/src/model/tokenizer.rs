@@ -45,7 +45,8 @@ impl HfTokenizer {
         Self::from_bytes_named(bytes, PathBuf::from("<memory>"))
     }
 
-    fn from_bytes_named(bytes: &[u8], path: PathBuf) -> Result<Self> {
+    /// Builds a tokenizer from the contents of a `tokenizer.json`; `path` names its origin in errors.
+    pub(crate) fn from_bytes_named(bytes: &[u8], path: PathBuf) -> Result<Self> {
         let fail = |e: tokenizers::Error| Error::Tokenizer(format!("{}: {e}", path.display()));
         let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(fail)?;
         // Like transformers: never truncate or pad unless asked to.

@@ -10,11 +10,14 @@ pub mod cpu;
 pub mod embedding;
 pub mod linear;
 pub mod matmul;
+pub mod matmul_add;
+pub mod norm_linear;
 pub mod rms_norm;
 pub mod rope;
 pub mod rope_kv;
 pub mod softmax;
 pub mod swiglu;
+pub mod swiglu_matmul_add;
 
 use crate::base::{Error, Result};
 use crate::tensor::Tensor;

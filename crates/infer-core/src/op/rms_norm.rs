@@ -8,13 +8,17 @@ use crate::tensor::Tensor;
 
 const NAME: &str = "rms_norm";
 
-/// `x` `[rows, dim]` f32, `weight` `[dim]` (f32/bf16/f16), `out` `[rows, dim]` f32.
+/// `x` `[rows, dim]` f32, `weight` `[dim]` (f32/bf16/f16), `out` `[rows, dim]` f32 (bf16 on a GPU).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
     let (rows, dim) = x.dims2(NAME)?;
     check_shape(NAME, "weight", weight, &[dim])?;
     check_shape(NAME, "output", out, &[rows, dim])?;
     if !(eps.is_finite() && eps > 0.0) {
         return Err(Error::op(NAME, format!("eps must be positive, got {eps}")));
+    }
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return crate::cuda::fused::rms_norm(x, weight, eps, out);
     }
     let mut w = vec![0f32; dim];
     weight.data()?.copy_to_f32(0, &mut w)?;

@@ -354,11 +354,22 @@ impl Tensor {
             #[cfg(feature = "cuda")]
             DeviceType::Cuda(n) => {
                 if dtype == DType::F16 {
-                    return Err(Error::InvalidArgument("CUDA tensors are f32 or bf16".into()));
+                    return Err(Error::InvalidArgument("CUDA tensors are f32, bf16 or block-quantized".into()));
                 }
                 let host = if self.is_cuda() { self.to_host()? } else { self.clone() };
                 let dev = crate::cuda::device(n)?;
-                let storage = Storage::Cuda(crate::cuda::CudaStorage::upload(&dev, host.data()?, dtype == DType::F32)?);
+                let storage = match host.data()? {
+                    TensorData::Quant(d, bytes) if d == dtype => {
+                        Storage::Cuda(crate::cuda::CudaStorage::upload_quant(&dev, d, bytes)?)
+                    }
+                    _ if dtype.is_quantized() => {
+                        return Err(Error::InvalidArgument(format!(
+                            "a {} tensor cannot be uploaded as {dtype} (quantize it on the host first)",
+                            host.dtype
+                        )));
+                    }
+                    data => Storage::Cuda(crate::cuda::CudaStorage::upload(&dev, data, dtype == DType::F32)?),
+                };
                 Ok(Tensor { storage, dtype, shape: self.shape.clone(), strides: self.strides.clone() })
             }
             #[cfg(not(feature = "cuda"))]
