@@ -4,6 +4,9 @@
 # static cache, eager and torch.compile) on the same weights and prompt lengths, and writes
 # BENCH_JSON lines to $OUT (or ./bench-out).
 #   scripts/bench_cuda.sh CUDA_MODEL_TEST_BINARY
+# With LLAMA_CPP=DIR (a llama.cpp CUDA build from ../shared/tools/build_llama_cpp.sh: DIR/bin and
+# DIR/convert_hf_to_gguf.py) the same weights are converted to a bf16 GGUF and llama-bench runs too
+# (-fa 0, all layers on the GPU, 5 repetitions: pp512 and tg256).
 set -uo pipefail
 bin=${1:?path to the cuda_model test binary}
 out=${OUT:-bench-out}; mkdir -p "$out"
@@ -14,3 +17,16 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$
 RUSTINFER_MODEL=$model "$bin" test_llama3_cuda_performance --ignored --nocapture --test-threads=1 2>&1 | tee "$out/rustinfer.txt"
 timeout 300 python3 "$(dirname "$0")/bench_hf.py" "$model" 2>&1 | grep -v Warning | tail -3 | tee "$out/hf.txt"
 timeout 400 python3 "$(dirname "$0")/bench_hf.py" "$model" --compile 2>&1 | tail -3 | tee "$out/hf_compile.txt"
+if [ -n "${LLAMA_CPP:-}" ]; then
+  gguf=$model/model-bf16.gguf
+  [ -f "$gguf" ] || python3 "$LLAMA_CPP/convert_hf_to_gguf.py" "$model" --outtype bf16 --outfile "$gguf" > "$out/convert.log" 2>&1
+  LD_LIBRARY_PATH="$LLAMA_CPP/bin:${LD_LIBRARY_PATH:-}" timeout 300 "$LLAMA_CPP/bin/llama-bench" -m "$gguf" \
+    -p 512 -n 256 -fa 0 -ngl 99 -r 5 -o json > "$out/llamacpp.json" 2> "$out/llamacpp.err"
+  python3 - "$out" <<'PY' | tee "$out/llamacpp.txt"
+import json, sys
+rows = json.load(open(f"{sys.argv[1]}/llamacpp.json"))
+pp = next(r["avg_ts"] for r in rows if r["n_prompt"] == 512 and r["n_gen"] == 0)
+tg = next(r["avg_ts"] for r in rows if r["n_gen"] == 256 and r["n_prompt"] == 0)
+print("BENCH_JSON " + json.dumps({"engine": "llama.cpp CUDA", "pp512": pp, "tg": tg}))
+PY
+fi
