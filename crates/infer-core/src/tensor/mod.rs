@@ -2,6 +2,7 @@
 
 mod dtype;
 pub mod quant;
+pub mod quantize;
 #[allow(clippy::module_inception)]
 mod tensor;
 

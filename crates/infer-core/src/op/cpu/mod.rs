@@ -3,11 +3,16 @@
 //!
 //! Kernel families are picked at runtime ([`simd`]): AVX-512 (F/BW/VL + FMA), AVX2 (+ FMA,
 //! F16C), or portable Rust; non-x86 targets compile the portable path only. All `unsafe`
-//! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_gemm.rs`, `avx2.rs` and `vec.rs`;
-//! the drivers in `gemm.rs` are safe code over bounds-checked slices.
+//! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_gemm.rs`, `avx2.rs` and `vec.rs`
+//! (and `quant/{x86,avx2,avx512}.rs`); the drivers in `gemm.rs` and `quant/mod.rs` are safe
+//! code over bounds-checked slices.
+//!
+//! Block-quantized weights go to [`quant`] (integer dots on 8-bit activations) under
+//! [`Precision::Fast`], or are dequantized one row at a time under [`Precision::Exact`].
 
 mod gemm;
 mod kernel;
+pub mod quant;
 pub mod simd;
 mod vec;
 
@@ -34,8 +39,9 @@ const GEMV_MAX_ROWS: usize = 4;
 #[cfg(target_arch = "x86_64")]
 const PACKED_MIN_ROWS: usize = 64;
 
-/// `out[i, j] = Σ_l x[i, l] · w[j, l]`: `x` is `[m, k]` f32, `w` is `[n, k]` (f32, bf16 or f16,
-/// read in place, never widened as a whole), `out` is `[m, n]` f32; all row-major.
+/// `out[i, j] = Σ_l x[i, l] · w[j, l]`: `x` is `[m, k]` f32, `w` is `[n, k]` (f32, bf16, f16 or
+/// block-quantized, read in place, never widened as a whole), `out` is `[m, n]` f32; all
+/// row-major. `precision` picks the fast or exact path for bf16 and quantized weights.
 ///
 /// Runs on the active kernel family ([`isa`]) with rayon over blocks of `n`. Errors (naming
 /// the sizes) when a slice length does not match its shape.
@@ -52,14 +58,18 @@ pub fn matmul_nt(
     check_len("w", w.len(), n, k)?;
     check_len("out", out.len(), m, n)?;
     if let TensorData::Quant(dtype, bytes) = w {
-        return matmul_dequant_rows(dtype, bytes, x, out, m, n, k);
+        return match precision {
+            Precision::Fast => quant::matmul_fast(simd::active(), dtype, bytes, x, out, m, n, k),
+            Precision::Exact => matmul_dequant_rows(dtype, bytes, x, out, m, n, k),
+        };
     }
     matmul_with(simd::active(), precision == Precision::Fast && fast_bf16(), x, w, out, m, n, k);
     Ok(())
 }
 
-/// Quantized weights, exact path: each weight row is dequantized (f32) and dotted with every
-/// row of `x`. Parallel over weight rows.
+/// Quantized weights, exact path: each weight row is dequantized into a per-task f32 buffer
+/// and dotted with every row of `x` (SIMD f32 dot). Parallel over weight rows; the matrix is
+/// never dequantized as a whole.
 fn matmul_dequant_rows(
     dtype: crate::tensor::DType,
     w: &[u8],
@@ -73,15 +83,24 @@ fn matmul_dequant_rows(
     let row_bytes = dtype
         .bytes_for(k)
         .ok_or_else(|| Error::op("matmul", format!("{dtype} weight rows of {k} elements are not whole blocks")))?;
+    if w.len() != n * row_bytes {
+        return Err(Error::op(
+            "matmul",
+            format!("{dtype} weights: {} bytes, expected {n} rows of {row_bytes}", w.len()),
+        ));
+    }
     let mut cols = vec![0.0f32; m * n]; // [n, m]: each task writes one weight row's outputs
-    cols.par_chunks_mut(m).zip(w.par_chunks_exact(row_bytes)).try_for_each(|(o, wr)| {
-        let mut row = vec![0.0f32; k];
-        crate::tensor::quant::dequantize(dtype, wr, &mut row)?;
-        for (i, o) in o.iter_mut().enumerate() {
-            *o = dot_f32(&x[i * k..(i + 1) * k], &row);
-        }
-        Ok::<(), Error>(())
-    })?;
+    // One f32 row buffer per rayon task (reused across the rows the task takes).
+    cols.par_chunks_mut(m).zip(w.par_chunks_exact(row_bytes)).with_min_len(4).try_for_each_init(
+        || vec![0.0f32; k],
+        |row, (o, wr)| {
+            crate::tensor::quant::dequantize(dtype, wr, row)?;
+            for (i, o) in o.iter_mut().enumerate() {
+                *o = dot_f32(&x[i * k..(i + 1) * k], row);
+            }
+            Ok::<(), Error>(())
+        },
+    )?;
     for j in 0..n {
         for i in 0..m {
             out[i * n + j] = cols[j * m + i];

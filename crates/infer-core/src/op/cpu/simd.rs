@@ -8,6 +8,9 @@
 //! | `Avx2`           | AVX2, FMA, F16C                  | 8           |
 //! | `Scalar`         | nothing (portable Rust)          | -           |
 //!
+//! Quantized-weight kernels additionally use AVX512_VNNI under `Avx512` when present
+//! ([`has_avx512_vnni`]), else the AVX2 integer kernels.
+//!
 //! `RUSTINFER_ISA=scalar|avx2|avx512` caps the choice (for comparisons and tests); it can never
 //! select an instruction set the CPU lacks. Independently, the opt-in "fast bf16" prefill path
 //! (AVX512_BF16 `vdpbf16ps`, see [`set_fast_bf16`]) rounds activations to bf16 and is off by default.
@@ -55,10 +58,12 @@ struct Features {
     active: Isa,
     /// AVX512_BF16 (`vdpbf16ps`) on top of [`Isa::Avx512`].
     avx512_bf16: bool,
+    /// AVX512_VNNI (`vpdpbusd`) on top of the detected [`Isa::Avx512`] (ignores the cap).
+    avx512_vnni: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
-fn detect_cpu() -> (Isa, bool) {
+fn detect_cpu() -> (Isa, bool, bool) {
     let avx512 = is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
@@ -71,21 +76,22 @@ fn detect_cpu() -> (Isa, bool) {
     } else {
         Isa::Scalar
     };
-    (isa, isa == Isa::Avx512 && is_x86_feature_detected!("avx512bf16"))
+    let vnni = isa == Isa::Avx512 && is_x86_feature_detected!("avx512vnni");
+    (isa, isa == Isa::Avx512 && is_x86_feature_detected!("avx512bf16"), vnni)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn detect_cpu() -> (Isa, bool) {
-    (Isa::Scalar, false)
+fn detect_cpu() -> (Isa, bool, bool) {
+    (Isa::Scalar, false, false)
 }
 
 fn features() -> &'static Features {
     static FEATURES: OnceLock<Features> = OnceLock::new();
     FEATURES.get_or_init(|| {
-        let (detected, bf16) = detect_cpu();
+        let (detected, bf16, vnni) = detect_cpu();
         let cap = std::env::var("RUSTINFER_ISA").ok().as_deref().and_then(Isa::parse);
         let active = cap.map_or(detected, |c| c.min(detected));
-        Features { detected, active, avx512_bf16: bf16 && active == Isa::Avx512 }
+        Features { detected, active, avx512_bf16: bf16 && active == Isa::Avx512, avx512_vnni: vnni }
     })
 }
 
@@ -108,6 +114,12 @@ pub fn isa() -> &'static str {
 /// Whether the CPU has AVX512_BF16 and the AVX-512 kernels are active.
 pub fn has_avx512_bf16() -> bool {
     features().avx512_bf16
+}
+
+/// Whether the CPU has AVX-512 F/BW/VL and AVX512_VNNI (the quantized-weight kernels use
+/// `vpdpbusd` when the active [`Isa`] is `Avx512`; this ignores the `RUSTINFER_ISA` cap).
+pub fn has_avx512_vnni() -> bool {
+    features().avx512_vnni
 }
 
 /// Every kernel family this CPU can run, slowest first (tests compare them all).

@@ -1,0 +1,33 @@
+//! AVX2 integer dot kernels: `mul_sum` is `vpmaddubsw` (u8 × i8 pairs → i16) then `vpmaddwd`
+//! with ones (pairs of i16 → i32). The i16 step cannot saturate here: weights are at most 63
+//! (4/6-bit) or 128 (|Q8_0|, against |a| <= 127), so a pair sums to at most 32512.
+
+use std::arch::x86_64::*;
+
+use super::{ActRow, Kern};
+use crate::op::cpu::simd::{self, Isa};
+use crate::tensor::DType;
+
+/// Eight i32 lanes: lane `i` = `Σ_{j<4} u[4i+j]·s[4i+j]` (u unsigned, s signed bytes).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+mod k {
+    use super::mul_sum;
+    super::super::x86::quant_kernels!("avx2,fma,f16c");
+}
+
+/// The AVX2 kernels, when the CPU has AVX2/FMA/F16C.
+pub(super) fn kernel() -> Option<Kern> {
+    (simd::detected() >= Isa::Avx2).then_some(run as Kern)
+}
+
+fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+    if simd::detected() >= Isa::Avx2 {
+        // SAFETY: AVX2, FMA and F16C were detected at runtime just above.
+        unsafe { k::run(dtype, w, acts, out) }
+    }
+}

@@ -1,0 +1,246 @@
+//! Fast CPU matmul on GGML block-quantized weights, llama.cpp style.
+//!
+//! The activations are quantized once per call to 8-bit blocks ([`QActs`]): 32-element
+//! blocks with an f32 scale and the block sum for Q8_0/Q4_0/Q4_1 weights (ggml's Q8_0 and
+//! Q8_1), 256-element blocks with an f32 scale and 16-element partial sums for Q4_K/Q6_K
+//! (ggml's Q8_K). Each weight block is then dotted with the activation blocks in integers
+//! (u8 × i8 products summed into i32 lanes), scaled once per block in f32:
+//!
+//! * AVX-512 VNNI (`vpdpbusd`, 256-bit with AVX512VL) when the CPU has it ([`avx512`]),
+//! * AVX2 (`vpmaddubsw` + `vpmaddwd`) otherwise ([`avx2`]; both share `x86.rs`),
+//! * portable Rust ([`scalar`]).
+//!
+//! A kernel reads one weight row and dots it with up to [`ROWS`] activation rows, so a
+//! prefill chunk loads each weight row once per [`ROWS`] tokens. The driver here is safe code:
+//! rayon over chunks of weight rows.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use rayon::prelude::*;
+
+use super::simd::Isa;
+use crate::base::{Error, Result};
+use crate::tensor::DType;
+
+/// Activation rows per kernel call (one weight row load serves this many rows).
+pub(crate) const ROWS: usize = 4;
+
+/// One weight row of the given dtype (whole blocks) dotted with `acts.len()` (1..=[`ROWS`])
+/// activation rows of the matching [`QActs`] format; `out[r]` receives the dot with `acts[r]`.
+/// Panics (never reads out of bounds) when a length does not match.
+pub(crate) type Kern = fn(DType, &[u8], &[ActRow<'_>], &mut [f32]);
+
+/// One quantized activation row: `qs` (k values), `d` (one scale per block), `sums` (the sum
+/// of `qs` per 32-block for the 32-element format, per 16 values for the 256-element one) and,
+/// for the 32-element format, `ds = d · sum` per block (empty for the 256-element one).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub sums: &'a [i32],
+    pub ds: &'a [f32],
+}
+
+/// `m` activation rows of `k` values quantized to 8 bits: value `i` of a row is
+/// `d[i / block] * qs[i]`.
+#[derive(Debug)]
+pub(crate) struct QActs {
+    /// 32 (Q8_0/Q8_1 style, `|q| <= 127`) or 256 (Q8_K style).
+    pub block: usize,
+    pub k: usize,
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub sums: Vec<i32>,
+    /// `d · sum` per 32-block (empty for 256-blocks).
+    pub ds: Vec<f32>,
+    /// Entries of `sums` per row.
+    sums_per_row: usize,
+}
+
+impl QActs {
+    /// The activation format that `dtype` weights are dotted with.
+    pub(crate) fn block_for(dtype: DType) -> usize {
+        if dtype.block_size() == 256 { 256 } else { 32 }
+    }
+
+    /// Quantizes the `m = x.len() / k` rows of `x` (`k` a multiple of `block`), in parallel over
+    /// rows. 32-blocks: `d = amax/127`, `q = round(x/d)` (ggml's `quantize_row_q8_1_ref`, with
+    /// an f32 scale). 256-blocks: ggml's `quantize_row_q8_K_ref`.
+    pub(crate) fn quantize(x: &[f32], k: usize, block: usize) -> QActs {
+        let m = x.len().checked_div(k).unwrap_or(0);
+        let sums_per_row = if block == 256 { k / 16 } else { k / 32 };
+        let mut a = QActs {
+            block,
+            k,
+            qs: vec![0; m * k],
+            d: vec![0.0; m * k / block],
+            sums: vec![0; m * sums_per_row],
+            ds: Vec::new(),
+            sums_per_row,
+        };
+        if m == 0 || k == 0 {
+            return a;
+        }
+        let rows = a.qs.par_chunks_mut(k).zip(a.d.par_chunks_mut(k / block)).zip(a.sums.par_chunks_mut(sums_per_row));
+        rows.zip(x.par_chunks(k)).for_each(|(((qs, d), sums), x)| {
+            let blocks = x.chunks_exact(block).zip(qs.chunks_exact_mut(block)).zip(d.iter_mut());
+            for (i, ((x, q), d)) in blocks.enumerate() {
+                *d = if block == 256 { quantize_q8_k(x, q) } else { quantize_q8_32(x, q) };
+                let per = if block == 256 { 16 } else { 32 };
+                let first = i * block / per;
+                for (s, q) in sums[first..first + block / per].iter_mut().zip(q.chunks_exact(per)) {
+                    *s = q.iter().map(|&v| i32::from(v)).sum();
+                }
+            }
+        });
+        if block == 32 {
+            a.ds = a.d.iter().zip(&a.sums).map(|(d, s)| d * *s as f32).collect();
+        }
+        a
+    }
+
+    /// Row `i`.
+    pub(crate) fn row(&self, i: usize) -> ActRow<'_> {
+        let (nd, ns) = (self.k / self.block, self.sums_per_row);
+        ActRow {
+            qs: &self.qs[i * self.k..(i + 1) * self.k],
+            d: &self.d[i * nd..(i + 1) * nd],
+            sums: &self.sums[i * ns..(i + 1) * ns],
+            ds: if self.ds.is_empty() { &[] } else { &self.ds[i * nd..(i + 1) * nd] },
+        }
+    }
+}
+
+fn quantize_q8_32(x: &[f32], q: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+    }
+    d
+}
+
+fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        q.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (iscale * v).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    1.0 / iscale
+}
+
+/// The dot kernels on `isa`, capped to what the CPU supports: VNNI needs `isa >= Avx512` and
+/// AVX512_VNNI, else AVX2, else portable.
+pub(crate) fn kernel(isa: Isa) -> Kern {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx512
+            && let Some(k) = avx512::kernel()
+        {
+            return k;
+        }
+        if isa >= Isa::Avx2
+            && let Some(k) = avx2::kernel()
+        {
+            return k;
+        }
+    }
+    let _ = isa;
+    scalar::run
+}
+
+/// Name of the integer-dot family [`kernel`] picks on `isa`: `"avx512vnni"`, `"avx2"` or
+/// `"scalar"`.
+pub fn kernel_name(isa: Isa) -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx512 && avx512::kernel().is_some() {
+            return "avx512vnni";
+        }
+        if isa >= Isa::Avx2 && avx2::kernel().is_some() {
+            return "avx2";
+        }
+    }
+    let _ = isa;
+    "scalar"
+}
+
+/// `out[i, j] = Σ_l x[i, l] · w[j, l]` with `w` `[n, k]` in `dtype` blocks, activations
+/// quantized to 8 bits ([`QActs`]). Errors when `k` is not whole blocks or a length is off.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_fast(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    x: &[f32],
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    let bad = |msg: String| Err(Error::op("matmul", msg));
+    let Some(row_bytes) = dtype.bytes_for(k).filter(|_| dtype.is_quantized()) else {
+        return bad(format!("{dtype} weight rows of {k} elements are not whole blocks"));
+    };
+    if w.len() != n * row_bytes || x.len() != m * k || out.len() != m * n {
+        return bad(format!(
+            "{dtype} matmul [{m}, {k}] x [{n}, {k}]: lengths {} / {} / {}",
+            x.len(),
+            w.len(),
+            out.len()
+        ));
+    }
+    let kern = kernel(isa);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let acts = QActs::quantize(x, k, QActs::block_for(dtype));
+    let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
+    // Weight rows per task: enough tasks to balance (4 per thread), at most 64 rows.
+    let per_task = (n / (4 * rayon::current_num_threads())).clamp(1, 64);
+    if m == 1 {
+        out.par_chunks_mut(per_task).zip(w.par_chunks(per_task * row_bytes)).for_each(|(o, w)| {
+            for (o, w) in o.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                kern(dtype, w, &rows, std::slice::from_mut(o));
+            }
+        });
+        return Ok(());
+    }
+    // [n, m]: each task writes the outputs of its weight rows, transposed at the end.
+    let mut cols = vec![0.0f32; n * m];
+    // Activation groups outer: a group ([`ROWS`] rows) stays in L1 while the task's weight rows
+    // (at most 64, in L2) stream past it, instead of every weight row re-reading all of `x`.
+    cols.par_chunks_mut(per_task * m).zip(w.par_chunks(per_task * row_bytes)).for_each(|(c, w)| {
+        for (g, a) in rows.chunks(ROWS).enumerate() {
+            let i0 = g * ROWS;
+            for (c, w) in c.chunks_exact_mut(m).zip(w.chunks_exact(row_bytes)) {
+                kern(dtype, w, a, &mut c[i0..i0 + a.len()]);
+            }
+        }
+    });
+    for (j, c) in cols.chunks_exact(m).enumerate() {
+        for (i, v) in c.iter().enumerate() {
+            out[i * n + j] = *v;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Every quantized dtype × every kernel family this CPU runs × odd shapes, against an f64
+//! reference on the dequantized weights and the same 8-bit activations.
+
+use super::*;
+use crate::op::cpu::simd;
+use crate::tensor::quant::dequantize;
+use crate::tensor::quantize::quantize_to_vec;
+
+const TYPES: [DType; 5] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q6_K];
+
+fn fill(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+/// Weights `[n, k]` of `dtype` (quantized from varied-scale values, so every nibble and
+/// scale pattern occurs) and their exact f32 values.
+fn weights(dtype: DType, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let v: Vec<f32> = fill(n * k, seed).iter().enumerate().map(|(i, v)| v * (1.0 + (i / 32 % 7) as f32)).collect();
+    let q = quantize_to_vec(dtype, &v).unwrap();
+    let mut wf = vec![0.0; n * k];
+    dequantize(dtype, &q, &mut wf).unwrap();
+    (q, wf)
+}
+
+/// Activations with a zero block and a large outlier, as real hidden states have.
+fn acts(m: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut x = fill(m * k, seed);
+    x[..32].fill(0.0);
+    if x.len() > 40 {
+        x[40] = 25.0;
+    }
+    x
+}
+
+/// The activations the integer kernels see: `d · q` per element.
+fn dequant_acts(a: &QActs, m: usize) -> Vec<f32> {
+    (0..m * a.k).map(|i| a.d[i / a.block] * f32::from(a.qs[i])).collect()
+}
+
+/// f64 `x·wᵀ` and `Σ|x·w|` per output.
+fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut want, mut scale) = (vec![0.0; m * n], vec![0.0; m * n]);
+    for i in 0..m {
+        for j in 0..n {
+            for l in 0..k {
+                let p = f64::from(x[i * k + l]) * f64::from(w[j * k + l]);
+                want[i * n + j] += p;
+                scale[i * n + j] += p.abs();
+            }
+        }
+    }
+    (want, scale)
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[(1, 7, 256), (3, 33, 768), (17, 5, 512), (1, 1, 1024), (4, 9, 256)];
+
+#[test]
+fn integer_kernels_match_f64_on_the_same_8bit_activations() {
+    for isa in simd::available() {
+        for dtype in TYPES {
+            let mut shapes = SHAPES.to_vec();
+            if dtype.block_size() == 32 {
+                shapes.extend([(3, 11, 96), (17, 3, 32)]);
+            }
+            for (m, n, k) in shapes {
+                let (w, wf) = weights(dtype, n, k, (n * 31 + k) as u64);
+                let x = acts(m, k, (m * 7 + k) as u64);
+                let qa = QActs::quantize(&x, k, QActs::block_for(dtype));
+                let (want, scale) = reference(&dequant_acts(&qa, m), &wf, m, n, k);
+                let mut out = vec![f32::NAN; m * n];
+                matmul_fast(isa, dtype, &w, &x, &mut out, m, n, k).unwrap();
+                for (i, ((g, w), s)) in out.iter().zip(&want).zip(&scale).enumerate() {
+                    let err = (f64::from(*g) - w).abs();
+                    assert!(
+                        err <= 1e-5 * s + 1e-30,
+                        "{} {dtype} m={m} n={n} k={k} [{i}]: got {g}, want {w}, err {err:e} vs scale {s:e}",
+                        kernel_name(isa)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_kernels_agree_with_scalar() {
+    let (m, n, k) = (6, 13, 1024);
+    for dtype in TYPES {
+        let (w, wf) = weights(dtype, n, k, 5);
+        let x = acts(m, k, 9);
+        let qa = QActs::quantize(&x, k, QActs::block_for(dtype));
+        let (_, scale) = reference(&dequant_acts(&qa, m), &wf, m, n, k);
+        let mut want = vec![0.0; m * n];
+        matmul_fast(Isa::Scalar, dtype, &w, &x, &mut want, m, n, k).unwrap();
+        for isa in simd::available() {
+            let mut got = vec![0.0; m * n];
+            matmul_fast(isa, dtype, &w, &x, &mut got, m, n, k).unwrap();
+            for (i, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+                let err = f64::from((g - w).abs());
+                assert!(err <= 1e-6 * s + 1e-30, "{} {dtype} [{i}]: {g} vs scalar {w}", kernel_name(isa));
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_is_within_half_a_step() {
+    let k = 512;
+    let x = acts(2, k, 3);
+    for block in [32, 256] {
+        let a = QActs::quantize(&x, k, block);
+        let back = dequant_acts(&a, 2);
+        for (b, (xs, ys)) in x.chunks(block).zip(back.chunks(block)).enumerate() {
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (v, y) in xs.iter().zip(ys) {
+                assert!((v - y).abs() <= amax / 254.0 * 1.0001, "block {block} #{b}: {v} -> {y}");
+            }
+            assert!(a.qs.iter().all(|&q| q >= -127));
+        }
+        let per = if block == 256 { 16 } else { 32 };
+        for (s, q) in a.sums.iter().zip(a.qs.chunks(per)) {
+            assert_eq!(*s, q.iter().map(|&v| i32::from(v)).sum::<i32>());
+        }
+    }
+    // Q8_K keeps ggml's sign convention: the largest-magnitude value maps to -127·d exactly.
+    let a = QActs::quantize(&x[..256], 256, 256);
+    let i = x[..256].iter().enumerate().fold(0, |b, (i, v)| if v.abs() > x[b].abs() { i } else { b });
+    assert_eq!(a.qs[i], -127);
+}
+
+#[test]
+fn rejects_bad_lengths_and_handles_empty() {
+    let w = vec![0u8; 34 * 4];
+    let mut out = vec![0.0; 4];
+    assert!(matmul_fast(Isa::Scalar, DType::Q8_0, &w, &[0.0; 33], &mut out, 1, 4, 33).is_err());
+    assert!(matmul_fast(Isa::Scalar, DType::Q8_0, &w[1..], &[0.0; 32], &mut out, 1, 4, 32).is_err());
+    assert!(matmul_fast(Isa::Scalar, DType::F16, &w, &[0.0; 32], &mut out, 1, 4, 32).is_err());
+    assert!(matmul_fast(Isa::Scalar, DType::Q8_0, &[], &[], &mut [], 0, 0, 32).is_ok());
+    matmul_fast(simd::active(), DType::Q8_0, &w, &[1.0; 32], &mut out, 1, 4, 32).unwrap();
+    assert_eq!(out, [0.0; 4]);
+}
