@@ -35,7 +35,8 @@ pub struct Score {
     pub argmax_agreement: f64,
 }
 
-/// `log_softmax(row)[target]` in f64, and the argmax of `row` (first of equal maxima).
+/// `log_softmax(row)[target]` in f64, and the argmax of `row` (first of equal maxima). A
+/// `target` outside the row has log-probability −∞.
 pub fn logprob_and_argmax(row: &[f32], target: usize) -> (f64, u32) {
     let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
     for (i, &x) in row.iter().enumerate() {
@@ -45,7 +46,7 @@ pub fn logprob_and_argmax(row: &[f32], target: usize) -> (f64, u32) {
     }
     let m = f64::from(max);
     let sum: f64 = row.iter().map(|&x| (f64::from(x) - m).exp()).sum();
-    let lp = f64::from(row[target]) - m - sum.ln();
+    let lp = row.get(target).map_or(f64::NEG_INFINITY, |&x| f64::from(x) - m - sum.ln());
     (lp, best as u32)
 }
 
