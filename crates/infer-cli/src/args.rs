@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
-use infer_core::{DeviceType, SamplerConfig};
+use infer_core::{DType, DeviceType, SamplerConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,6 +24,10 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Interactive multi-turn chat through the model's chat template.
     Chat(ChatArgs),
+    /// Convert a Hugging Face safetensors Llama directory into a GGUF file (optionally quantized).
+    Quantize(QuantizeArgs),
+    /// Teacher-forced scoring of a token sequence: per-position log-probs, argmax agreement, perplexity.
+    Score(ScoreArgs),
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +144,48 @@ pub struct ChatArgs {
     /// System message.
     #[arg(long)]
     pub system: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long, short)]
+    pub model: PathBuf,
+    /// Output GGUF file.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Type of the weight matrices: f32, bf16, f16, q8_0, q4_0, q4_1, q4_k, q6_k.
+    #[arg(long = "type", short = 't', value_name = "TYPE", value_parser = parse_type)]
+    pub dtype: DType,
+    /// `tokenizer.ggml.pre` (e.g. llama-bpe) [default: recognized from tokenizer.json].
+    #[arg(long)]
+    pub pre: Option<String>,
+    /// Do not print a line per tensor.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["ids", "text"]))]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSON file: an array of token ids, or an object with an `ids` array.
+    #[arg(long)]
+    pub ids: Option<PathBuf>,
+    /// Text to score, tokenized with the model's tokenizer (BOS as the tokenizer adds it).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Print one JSON object (positions, nll_mean, perplexity, argmax_agreement).
+    #[arg(long)]
+    pub json: bool,
+    /// Use the exact (f32-activation) CPU kernels instead of the fast ones.
+    #[arg(long)]
+    pub precise: bool,
+}
+
+fn parse_type(s: &str) -> Result<DType, String> {
+    infer_core::model::gguf::convert::parse_type(s).map_err(|e| e.to_string())
 }
 
 fn parse_device(s: &str) -> Result<DeviceType, String> {

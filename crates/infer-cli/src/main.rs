@@ -1,6 +1,8 @@
-//! `infer-cli`: generate text and chat with Llama 3 models from the command line.
+//! `infer-cli`: generate text, chat, convert checkpoints to GGUF and score token sequences with
+//! Llama 3 models from the command line.
 
 mod args;
+mod tools;
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -10,12 +12,15 @@ use infer_core::model::chat::ChatMessage;
 use infer_core::{GenerateOptions, Generation, Llama3, LoadOptions};
 
 use args::{Cli, Command, ModelArgs, SamplingArgs};
+use tools::{quantize, score};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate(a),
         Command::Chat(a) => chat(a),
+        Command::Quantize(a) => quantize(a),
+        Command::Score(a) => score(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -26,13 +31,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(m: &ModelArgs) -> infer_core::Result<Llama3> {
-    let opts = LoadOptions {
-        device: m.device,
-        context_length: m.context_length,
-        progress: !m.no_progress,
-        ..LoadOptions::default()
-    };
+pub(crate) fn load(m: &ModelArgs) -> infer_core::Result<Llama3> {
+    load_with(m, infer_core::op::Precision::default())
+}
+
+/// [`load`] with an explicit CPU matmul precision.
+pub(crate) fn load_with(m: &ModelArgs, precision: infer_core::op::Precision) -> infer_core::Result<Llama3> {
+    let opts = LoadOptions { device: m.device, context_length: m.context_length, progress: !m.no_progress, precision };
     Llama3::load(&m.model, opts)
 }
 

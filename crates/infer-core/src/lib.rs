@@ -19,5 +19,6 @@ pub use model::chat::{ChatMessage, RenderOptions};
 pub use model::generate::{FinishReason, GenerateOptions, Generation};
 pub use model::llama3::{Llama3, LoadOptions};
 pub use model::sampler::SamplerConfig;
+pub use model::score::{PositionScore, Score};
 pub use model::{Model, config::LlamaConfig};
 pub use tensor::{DType, Tensor};

@@ -12,6 +12,7 @@ pub mod llama3;
 mod pyfmt;
 pub mod safetensors;
 pub mod sampler;
+pub mod score;
 pub mod tokenizer;
 pub mod weights;
 mod workspace;

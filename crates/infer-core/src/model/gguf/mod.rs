@@ -5,8 +5,11 @@
 //! name through [`WeightSource`] ([`names`]): zero-copy windows of the map, except `q_proj` /
 //! `k_proj`, whose rows are un-permuted from llama.cpp's RoPE layout into an owned copy.
 //! Quantized tensors keep their GGML blocks (dtypes Q8_0, Q4_0, Q4_1, Q4_K, Q6_K).
+//! [`convert`] writes such files from Hugging Face safetensors checkpoints.
 
 pub mod config;
+pub mod convert;
+pub mod hf_vocab;
 pub mod names;
 pub mod reader;
 pub mod tokenizer;
@@ -25,9 +28,10 @@ use super::config::LlamaConfig;
 use super::weights::WeightSource;
 use crate::base::{Error, Result};
 use crate::tensor::{DType, Tensor};
+pub use convert::{ConvertOptions, ConvertReport, convert_hf_to_gguf};
 pub use names::{RopeRows, gguf_to_hf, hf_to_gguf, permute_rows};
 pub use reader::{Header, TensorInfo, Value, ValueType};
-pub use writer::GgufWriter;
+pub use writer::{GgufWriter, StreamedTensor};
 
 /// Whether `path` is a file that starts with the GGUF magic.
 pub fn is_gguf_file(path: &Path) -> bool {

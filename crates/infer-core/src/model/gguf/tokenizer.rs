@@ -16,7 +16,7 @@ use crate::model::chat::ChatTemplate;
 use crate::model::tokenizer::HfTokenizer;
 
 /// Llama 3's split regex (`tokenizer.ggml.pre` = `llama-bpe`).
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF token types (llama.cpp `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -31,6 +31,22 @@ enum Pre {
     /// `default`, `gpt2`, `gpt-2`, `mpt`, `olmo`: GPT-2's regex.
     Gpt2,
 }
+
+/// The `tokenizer.ggml.pre` values this reader understands.
+pub const SUPPORTED_PRE: &[&str] = &[
+    "llama-bpe",
+    "llama3",
+    "llama-v3",
+    "smollm",
+    "starcoder",
+    "refact",
+    "codeshell",
+    "default",
+    "gpt2",
+    "gpt-2",
+    "mpt",
+    "olmo",
+];
 
 fn pre_tokenizer(pre: &str) -> Option<Pre> {
     Some(match pre {
@@ -50,9 +66,7 @@ pub fn tokenizer_json(h: &Header) -> Result<String> {
     }
     let pre_name = h.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
     let pre = pre_tokenizer(pre_name).ok_or_else(|| {
-        err(format!(
-            "pre-tokenizer `{pre_name}` is not supported (supported: llama-bpe, smollm, starcoder, refact, codeshell, default, gpt2, mpt, olmo)"
-        ))
+        err(format!("pre-tokenizer `{pre_name}` is not supported (supported: {})", SUPPORTED_PRE.join(", ")))
     })?;
     let tokens = h.get_str_array("tokenizer.ggml.tokens")?.ok_or_else(|| err("no `tokenizer.ggml.tokens`".into()))?;
     let merges = h.get_str_array("tokenizer.ggml.merges")?.unwrap_or_default();

@@ -5,6 +5,7 @@
 //! dim). The writer stores bytes as given: permuting Q/K rows for llama.cpp's RoPE layout, if
 //! wanted, is the caller's business ([`super::names::permute_rows`]).
 
+use std::io::Write;
 use std::path::Path;
 
 use super::reader::{DEFAULT_ALIGNMENT, MAGIC, Value, ValueType};
@@ -90,13 +91,19 @@ impl GgufWriter {
         }
     }
 
-    /// The whole file in memory.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    /// The header (magic, counts, metadata, tensor infos) padded to the alignment, for tensors
+    /// given as (name, GGML dims, ggml type, data bytes); returns it with each tensor's offset
+    /// from the start of the data section.
+    fn header<'a>(
+        &self,
+        tensors: impl Iterator<Item = (&'a str, &'a [u64], u32, usize)>,
+    ) -> Result<(Vec<u8>, Vec<usize>)> {
         let align = self.alignment()? as usize;
+        let tensors: Vec<_> = tensors.collect();
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (key, value) in &self.metadata {
             put_str(&mut out, key);
@@ -104,19 +111,26 @@ impl GgufWriter {
             put_value(&mut out, value);
         }
         let mut offset = 0usize;
-        let mut offsets = Vec::with_capacity(self.tensors.len());
-        for t in &self.tensors {
-            put_str(&mut out, &t.name);
-            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
+        let mut offsets = Vec::with_capacity(tensors.len());
+        for (name, dims, ggml_type, n_bytes) in tensors {
+            put_str(&mut out, name);
+            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in dims {
                 out.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&t.ggml_type.to_le_bytes());
+            out.extend_from_slice(&ggml_type.to_le_bytes());
             out.extend_from_slice(&(offset as u64).to_le_bytes());
             offsets.push(offset);
-            offset = (offset + t.data.len()).next_multiple_of(align);
+            offset = (offset + n_bytes).next_multiple_of(align);
         }
         out.resize(out.len().next_multiple_of(align), 0);
+        Ok((out, offsets))
+    }
+
+    /// The whole file in memory.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let infos = self.tensors.iter().map(|t| (t.name.as_str(), &t.dims[..], t.ggml_type, t.data.len()));
+        let (mut out, offsets) = self.header(infos)?;
         let data_start = out.len();
         for (t, off) in self.tensors.iter().zip(offsets) {
             out.resize(data_start + off, 0);
@@ -129,6 +143,89 @@ impl GgufWriter {
     pub fn write(&self, path: &Path) -> Result<()> {
         std::fs::write(path, self.to_bytes()?).map_err(|e| Error::io(path, e))
     }
+
+    /// Writes the metadata and `tensors` to the file `path`, asking `data(i)` for tensor `i`'s
+    /// bytes only when its turn comes, so that one tensor's data is in memory at a time. The
+    /// writer must hold no tensors of its own ([`GgufWriter::add_tensor`]). The file is created
+    /// before any data is asked for (an unwritable path fails first) and removed again if
+    /// anything fails. Returns the bytes written.
+    pub fn write_streamed(
+        &self,
+        path: &Path,
+        tensors: &[StreamedTensor],
+        data: impl FnMut(usize) -> Result<Vec<u8>>,
+    ) -> Result<u64> {
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut out = std::io::BufWriter::new(file);
+        let r = self.stream_to(&mut out, path, tensors, data).and_then(|n| {
+            out.flush().map_err(|e| Error::io(path, e))?;
+            Ok(n)
+        });
+        drop(out);
+        if r.is_err() {
+            // Best effort: the error that matters is the one returned.
+            let _ = std::fs::remove_file(path);
+        }
+        r
+    }
+
+    fn stream_to(
+        &self,
+        out: &mut impl Write,
+        path: &Path,
+        tensors: &[StreamedTensor],
+        mut data: impl FnMut(usize) -> Result<Vec<u8>>,
+    ) -> Result<u64> {
+        if !self.tensors.is_empty() {
+            return Err(Error::InvalidArgument("GGUF writer: streamed tensors cannot follow added tensors".into()));
+        }
+        let mut sizes = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let n: usize = t.shape.iter().product();
+            let rows_ok = t.shape.last().is_some_and(|&l| l.is_multiple_of(t.dtype.block_size()));
+            match t.dtype.bytes_for(n).filter(|_| rows_ok) {
+                Some(b) => sizes.push(b),
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "GGUF writer: tensor `{}` of shape {:?} is not whole rows of {} blocks",
+                        t.name, t.shape, t.dtype
+                    )));
+                }
+            }
+        }
+        let dims: Vec<Vec<u64>> = tensors.iter().map(|t| t.shape.iter().rev().map(|&d| d as u64).collect()).collect();
+        let infos =
+            tensors.iter().zip(&dims).zip(&sizes).map(|((t, d), &n)| (t.name.as_str(), &d[..], t.dtype.ggml_type(), n));
+        let (header, offsets) = self.header(infos)?;
+        let io = |e: std::io::Error| Error::io(path, e);
+        out.write_all(&header).map_err(io)?;
+        let mut written = 0usize;
+        for (i, t) in tensors.iter().enumerate() {
+            let pad = offsets[i] - written;
+            out.write_all(&vec![0u8; pad]).map_err(io)?;
+            let bytes = data(i)?;
+            if bytes.len() != sizes[i] {
+                return Err(Error::InvalidArgument(format!(
+                    "GGUF writer: tensor `{}` produced {} bytes, expected {}",
+                    t.name,
+                    bytes.len(),
+                    sizes[i]
+                )));
+            }
+            out.write_all(&bytes).map_err(io)?;
+            written = offsets[i] + bytes.len();
+        }
+        Ok((header.len() + written) as u64)
+    }
+}
+
+/// A tensor written by [`GgufWriter::write_streamed`]: row-major `shape`, data in `dtype`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamedTensor {
+    /// GGUF name (`blk.0.attn_q.weight`).
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
