@@ -16,7 +16,6 @@
 //  - f32 accumulators acc[m][r] are reduced with xor-shuffles; lane (mi*R + r) stores one output, so
 //    the result is deterministic (no atomics, no split-K).
 #include "common.cuh"
-#include <stdlib.h>
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
@@ -191,97 +190,6 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
     }
 }
 
-// Split-K variant for long rows (m == 1, plain bf16 x, k >= GEMV_SPLITK_MIN_K, e.g. down_proj): the 4
-// warps of a block share R rows and each takes a quarter of k, so every warp's weights fit in one
-// batch of loads (like the short-row projections) and 4x more warps stream at once. Partials meet
-// in shared memory and are summed in warp order (deterministic).
-#define GEMV_SPLITK_MIN_K 4096
-
-template <int R, int U, int OUT>
-__global__ void __launch_bounds__(GEMV_THREADS) gemv_splitk_kernel(const GemvArgs a) {
-    pdl_launch_dependents();
-    const int n = a.n, k = a.k;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row0 = blockIdx.x * R;
-    const int per = (k >> 3) / GEMV_WARPS;  // chunks per warp (the launcher checks divisibility)
-    const int cbeg = warp * per, cend = cbeg + per;
-    const bf16 *wr[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) wr[r] = a.w + (size_t)min(row0 + r, n - 1) * k;
-    uint4 wv[U][R];
-    int c0 = cbeg + lane;
-    gemv_load_w<R, U>(wv, wr, c0, cend);
-    pdl_wait();
-    const bf16 *x = static_cast<const bf16 *>(a.x);
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.f;
-    while (c0 < cend) {
-        uint4 xv[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int c = c0 + u * 32;
-            xv[u] = c < cend ? ld_cached16(x + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (c0 + u * 32 < cend) {
-                float xf[8];
-                unpack8(xv[u], xf);
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    float wf[8];
-                    unpack8(wv[u][r], wf);
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) acc[r] = fmaf(xf[e], wf[e], acc[r]);
-                }
-            }
-        }
-        c0 += 32 * U;
-        if (c0 < cend) gemv_load_w<R, U>(wv, wr, c0, cend);
-    }
-    __shared__ float part[GEMV_WARPS][R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const float s = warp_sum(acc[r]);
-        if (lane == 0) part[warp][r] = s;
-    }
-    __syncthreads();
-    const int r = threadIdx.x;
-    if (r < R && row0 + r < n) {
-        float s = 0.f;
-#pragma unroll
-        for (int w = 0; w < GEMV_WARPS; ++w) s += part[w][r];
-        const size_t o = row0 + r;
-        if (OUT == OUT_BF16)
-            static_cast<bf16 *>(a.out)[o] = __float2bfloat16_rn(s);
-        else if (OUT == OUT_F32)
-            static_cast<float *>(a.out)[o] = s;
-        else
-            static_cast<float *>(a.out)[o] += s;
-    }
-}
-
-// INFER_NO_SPLITK=1 in the environment turns the split-K variant off (read once; A/B timing).
-static bool gemv_splitk_enabled() {
-    static const bool on = [] {
-        const char *v = getenv("INFER_NO_SPLITK");
-        return !(v && v[0] == '1');
-    }();
-    return on;
-}
-
-static cudaError_t launch_gemv_splitk(const GemvArgs &a, int out, cudaStream_t s) {
-    constexpr int R = 2, U = 8;
-    const dim3 grid(infer_cdiv(a.n, R)), block(GEMV_THREADS);
-    switch (out) {
-        case OUT_BF16: INFER_LAUNCH((gemv_splitk_kernel<R, U, OUT_BF16>), grid, block, 0, s, a); break;
-        case OUT_F32: INFER_LAUNCH((gemv_splitk_kernel<R, U, OUT_F32>), grid, block, 0, s, a); break;
-        default: INFER_LAUNCH((gemv_splitk_kernel<R, U, OUT_ADD_F32>), grid, block, 0, s, a); break;
-    }
-    return cudaGetLastError();
-}
-
 template <int M, int R, int U, int IN>
 static cudaError_t launch_gemv_out(const GemvArgs &a, int out, cudaStream_t s) {
     static_assert(M * R <= 32, "one lane stores each output");
@@ -312,8 +220,6 @@ static cudaError_t launch_gemv(const GemvArgs &a, int in, int out, cudaStream_t 
 // the wait); m > 1 keeps 8 to bound registers. The fused input/output modes exist for m == 1 (the
 // decode step); m > 1 takes plain bf16 x and writes bf16 or f32.
 static cudaError_t gemv_dispatch(const GemvArgs &a, int m, int in, int out, cudaStream_t s) {
-    if (m == 1 && in == IN_BF16 && a.k >= GEMV_SPLITK_MIN_K && (a.k >> 3) % GEMV_WARPS == 0 && gemv_splitk_enabled())
-        return launch_gemv_splitk(a, out, s);
     if (m == 1) return launch_gemv<1, 2, 8>(a, in, out, s);
     if (in != IN_BF16 || out == OUT_ADD_F32) return cudaErrorInvalidValue;
     switch (m) {

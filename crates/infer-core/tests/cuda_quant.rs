@@ -1,7 +1,9 @@
 //! Block-quantized weights on the GPU (decode GEMV on the blocks, prefill through bf16 +
 //! cuBLASLt, embedding rows) against the CPU's exact path (f32 activations × exactly
 //! dequantized blocks). Skips without a GPU. Tolerance: GPU activations are bf16 (relative
-//! rounding 2^-9) with f32 accumulation, as for the bf16 ops: 3e-2 · sqrt(k) / 4 · (1 + |cpu|).
+//! rounding 2^-9) with f32 accumulation, and the prefill path also rounds the dequantized
+//! weights to bf16; random blocks give sums with heavy cancellation, so errors are measured
+//! against the output's largest magnitude: max |gpu - cpu| ≤ 1e-2 · max |cpu|.
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -58,9 +60,10 @@ fn acts(rows: usize, cols: usize, seed: u64) -> Tensor {
 fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor, rel: f32) {
     let (g, c) = (gpu.to_f32_vec().unwrap(), cpu.to_f32_vec().unwrap());
     assert_eq!(g.len(), c.len(), "{what}: lengths");
-    let worst = g.iter().zip(&c).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
-    assert!(worst <= rel, "{what}: max rel err {worst} > {rel}");
-    println!("{what}: max rel err {worst:.2e}");
+    let scale = c.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let worst = g.iter().zip(&c).map(|(a, b)| (a - b).abs() / scale).fold(0f32, f32::max);
+    assert!(worst <= rel, "{what}: max err {worst} of the largest |output| > {rel}");
+    println!("{what}: max err {worst:.2e} of the largest |output|");
 }
 
 #[test]
@@ -81,8 +84,7 @@ fn quantized_matmul_and_embedding_match_the_cpu() {
                 let mut out = Tensor::zeros_on(&[m, n], out_dtype, GPU).unwrap();
                 let xg = x.to_device_as(GPU, DType::BF16).unwrap();
                 matmul_with_precision(&xg, &wg, &mut out, Precision::Fast).unwrap();
-                let tol = 3e-2 * (k as f32).sqrt() / 4.0;
-                assert_close(&format!("{dtype} matmul m{m} n{n} k{k} {out_dtype}"), &out, &want, tol);
+                assert_close(&format!("{dtype} matmul m{m} n{n} k{k} {out_dtype}"), &out, &want, 1e-2);
             }
         }
         let ids = [3u32, 76, 0, 3];

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use infer_core::model::gguf::{GgufFile, GgufWriter, Value, ValueType, permute_rows};
 use infer_core::model::{ChatMessage, RenderOptions, WeightSource};
+use infer_core::op::Precision;
 use infer_core::{DType, DeviceType, Error, GenerateOptions, Llama3, LoadOptions, Model, SamplerConfig};
 use serde::Deserialize;
 
@@ -85,10 +86,20 @@ fn smol_prompt_ids(model: &Llama3, case: &SmolCase) -> Vec<u32> {
     }
 }
 
+/// Both CPU paths: the default fast one (integer kernels on the blocks, activations quantized
+/// to 8 bits with a residual pass) is held to ≥ 95% teacher-forced agreement per case; the
+/// precise one (f32 activations against the exactly dequantized blocks) must reproduce every
+/// golden greedy text exactly.
 #[test]
 fn smollm2_matches_golden() {
     let Some(path) = smollm2() else { return };
-    let mut model = Llama3::new(&path, DeviceType::Cpu, true).expect("SmolLM2 GGUF loads");
+    smollm2_golden_on(&path, Precision::Fast);
+    smollm2_golden_on(&path, Precision::Exact);
+}
+
+fn smollm2_golden_on(path: &std::path::Path, precision: Precision) {
+    let opts = LoadOptions { precision, ..LoadOptions::default() };
+    let mut model = Llama3::load(path, opts).expect("SmolLM2 GGUF loads");
     let c = model.config().clone();
     assert_eq!((c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads), (30, 576, 9, 3));
     assert_eq!((c.intermediate_size, c.vocab_size, c.head_dim), (1536, 49152, 64));
@@ -119,7 +130,8 @@ fn smollm2_matches_golden() {
             }
         }
         let pct = 100.0 * agree as f64 / case.greedy_ids.len() as f64;
-        println!("{}: teacher-forced top-1 agreement {agree}/{} = {pct:.1}%", case.name, case.greedy_ids.len());
+        let n = case.greedy_ids.len();
+        println!("{} ({precision:?}): teacher-forced top-1 agreement {agree}/{n} = {pct:.1}%", case.name);
         assert!(pct >= 95.0, "{}: teacher-forced agreement {pct:.1}% < 95%", case.name);
 
         // Greedy generation (stops at EOS, as the reference did).
@@ -130,9 +142,11 @@ fn smollm2_matches_golden() {
         };
         model.reset();
         let out = model.generate_ids(&case.ids, &opts, &mut |_| {}).unwrap();
-        println!("{}: greedy {:?}", case.name, out.text);
-        assert_eq!(out.ids, case.greedy_ids, "{}: greedy ids", case.name);
-        assert_eq!(out.text, case.greedy_text, "{}: greedy text", case.name);
+        println!("{} ({precision:?}): greedy {:?}", case.name, out.text);
+        if precision == Precision::Exact {
+            assert_eq!(out.ids, case.greedy_ids, "{}: greedy ids", case.name);
+            assert_eq!(out.text, case.greedy_text, "{}: greedy text", case.name);
+        }
     }
 }
 

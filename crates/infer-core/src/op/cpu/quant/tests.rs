@@ -71,8 +71,8 @@ fn integer_kernels_match_f64_on_the_same_8bit_activations() {
             for (m, n, k) in shapes {
                 let (w, wf) = weights(dtype, n, k, (n * 31 + k) as u64);
                 let x = acts(m, k, (m * 7 + k) as u64);
-                let qa = QActs::quantize(&x, k, QActs::block_for(dtype));
-                let (want, scale) = reference(&dequant_acts(&qa, m), &wf, m, n, k);
+                let qa = QActs::quantize_refined(&x, k, QActs::block_for(dtype));
+                let (want, scale) = reference(&refined_acts(&qa, m, k), &wf, m, n, k);
                 let mut out = vec![f32::NAN; m * n];
                 matmul_fast(isa, dtype, &w, &x, &mut out, m, n, k).unwrap();
                 for (i, ((g, w), s)) in out.iter().zip(&want).zip(&scale).enumerate() {
@@ -132,6 +132,27 @@ fn activation_quantization_is_within_half_a_step() {
     let a = QActs::quantize(&x[..256], 256, 256);
     let i = x[..256].iter().enumerate().fold(0, |b, (i, v)| if v.abs() > x[b].abs() { i } else { b });
     assert_eq!(a.qs[i], -127);
+}
+
+/// The activations the driver effectively uses: value row + residual row.
+fn refined_acts(qa: &QActs, m: usize, k: usize) -> Vec<f32> {
+    let d = dequant_acts(qa, 2 * m);
+    d.chunks_exact(2 * k).flat_map(|r| r[..k].iter().zip(&r[k..]).map(|(a, b)| a + b).collect::<Vec<_>>()).collect()
+}
+
+#[test]
+fn refined_activations_are_within_a_quarter_step_squared() {
+    let k = 512;
+    let x = acts(2, k, 5);
+    for block in [32, 256] {
+        let eff = refined_acts(&QActs::quantize_refined(&x, k, block), 2, k);
+        for (xs, ys) in x.chunks(block).zip(eff.chunks(block)) {
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (v, y) in xs.iter().zip(ys) {
+                assert!((v - y).abs() <= amax / (254.0 * 127.0) * 1.01, "block {block}: {v} -> {y}");
+            }
+        }
+    }
 }
 
 #[test]
