@@ -188,3 +188,49 @@ fn test_llama3_cuda_performance() {
         weight_bytes / 1e9
     );
 }
+
+/// A GGUF with Q8_0 blocks (tiny-llama3 converted by `convert_hf_to_gguf`): the blocks stay
+/// quantized on the GPU (block GEMV for decode, dequantize + cuBLASLt for the prompt) and the
+/// logits track the CPU's exact path on the same file within the bf16 tolerance above, with the
+/// same argmax wherever the CPU's top-1 margin exceeds 2 × TOL; a greedy continuation on the GPU
+/// agrees with the CPU's on those steps too.
+#[test]
+fn tiny_q8_0_gguf_on_gpu() {
+    if !gpu_available() {
+        return;
+    }
+    use infer_core::model::gguf::{ConvertOptions, convert_hf_to_gguf};
+    use infer_core::op::Precision;
+    let path = std::env::temp_dir().join(format!("rustinfer-cuda-q8-{}.gguf", std::process::id()));
+    let opts = ConvertOptions { dtype: infer_core::DType::Q8_0, pre: None, progress: false };
+    convert_hf_to_gguf(&tiny_dir(), &path, &opts).expect("converts");
+    let cpu_opts = LoadOptions {
+        context_length: Some(256),
+        progress: false,
+        precision: Precision::Exact,
+        ..LoadOptions::default()
+    };
+    let mut cpu = Llama3::load(&path, cpu_opts).expect("CPU loads the GGUF");
+    let mut gpu = load(&path, DeviceType::Cuda(0), 256);
+    let g = golden();
+    let vocab = cpu.config().vocab_size;
+    for case in &g.cases {
+        let all: Vec<u32> = case.ids.iter().chain(&case.greedy_ids).copied().collect();
+        let want = cpu.forward_tokens(&all, 0, true).unwrap().as_f32().unwrap().to_vec();
+        let got = gpu.forward_tokens(&all, 0, true).unwrap().as_f32().unwrap().to_vec();
+        let (mut worst, mut checked) = (0f32, 0);
+        for (w, o) in want.chunks_exact(vocab).zip(got.chunks_exact(vocab)) {
+            let e = w.iter().zip(o).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            worst = worst.max(e);
+            let mut sorted = w.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            if f64::from(sorted[0] - sorted[1]) > 2.0 * TOL {
+                assert_eq!(argmax(o), argmax(w), "{}: argmax with margin {}", case.name, sorted[0] - sorted[1]);
+                checked += 1;
+            }
+        }
+        println!("{}: Q8_0 GGUF GPU vs CPU exact: worst logit diff {worst:.3}, {checked} argmax checks", case.name);
+        assert!(f64::from(worst) <= 2.0 * TOL, "{}: worst logit diff {worst}", case.name);
+    }
+    let _ = std::fs::remove_file(&path);
+}
