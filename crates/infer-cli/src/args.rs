@@ -40,6 +40,10 @@ pub struct ModelArgs {
     /// Do not draw the loading progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// CPU: keep matmul activations in f32 (exact, slower) instead of rounding them to bf16
+    /// for bf16 weights on CPUs with AVX512_BF16.
+    #[arg(long)]
+    pub precise: bool,
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use infer_core::model::chat::ChatMessage;
+use infer_core::op::Precision;
 use infer_core::{GenerateOptions, Generation, Llama3, LoadOptions};
 
 use args::{Cli, Command, ModelArgs, SamplingArgs};
@@ -27,7 +28,8 @@ fn main() -> ExitCode {
 }
 
 fn load(m: &ModelArgs) -> infer_core::Result<Llama3> {
-    let opts = LoadOptions { device: m.device, context_length: m.context_length, progress: !m.no_progress };
+    let precision = if m.precise { Precision::Exact } else { Precision::Fast };
+    let opts = LoadOptions { device: m.device, context_length: m.context_length, progress: !m.no_progress, precision };
     Llama3::load(&m.model, opts)
 }
 

@@ -20,4 +20,5 @@ pub use model::generate::{FinishReason, GenerateOptions, Generation};
 pub use model::llama3::{Llama3, LoadOptions};
 pub use model::sampler::SamplerConfig;
 pub use model::{Model, config::LlamaConfig};
+pub use op::Precision;
 pub use tensor::{DType, Tensor};

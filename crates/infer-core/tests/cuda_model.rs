@@ -19,7 +19,8 @@ use infer_core::{DeviceType, GenerateOptions, Llama3, LoadOptions, SamplerConfig
 const TOL: f64 = 0.35;
 
 fn load(dir: impl AsRef<std::path::Path>, device: DeviceType, ctx: usize) -> Llama3 {
-    Llama3::load(dir, LoadOptions { device, context_length: Some(ctx), progress: false }).expect("model loads")
+    Llama3::load(dir, LoadOptions { device, context_length: Some(ctx), progress: false, ..LoadOptions::default() })
+        .expect("model loads")
 }
 
 fn argmax(v: &[f32]) -> u32 {

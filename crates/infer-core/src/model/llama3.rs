@@ -15,9 +15,12 @@ use super::tokenizer::{HfTokenizer, Tokenizer};
 use super::weights::WeightSource;
 use super::{Model, workspace::Workspace};
 use crate::base::{DeviceType, Error, Result};
+use crate::op::Precision;
 use crate::op::embedding::{Ids, embedding_ids};
+use crate::op::linear::linear_with_precision as linear;
+use crate::op::matmul::matmul_with_precision as matmul;
 use crate::op::{Positions, add_rms_norm::add_rms_norm, attention::attention};
-use crate::op::{linear::linear, matmul::matmul, rope::RopeTable, rope_kv::rope_kv, swiglu::swiglu};
+use crate::op::{rope::RopeTable, rope_kv::rope_kv, swiglu::swiglu};
 use crate::tensor::{DType, Tensor};
 
 /// Default KV-cache length when the user does not choose one.
@@ -33,11 +36,14 @@ pub struct LoadOptions {
     pub context_length: Option<usize>,
     /// Show a progress bar while reading weights (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// CPU matmul precision: [`Precision::Fast`] (default) rounds activations to bf16 for bf16
+    /// weights on CPUs with AVX512_BF16, as llama.cpp does; [`Precision::Exact`] keeps them f32.
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: DeviceType::Cpu, context_length: None, progress: true }
+        LoadOptions { device: DeviceType::Cpu, context_length: None, progress: true, precision: Precision::Fast }
     }
 }
 
@@ -103,6 +109,7 @@ pub struct Llama3 {
     pub(crate) config: LlamaConfig,
     pub(crate) dir: PathBuf,
     pub(crate) device: DeviceType,
+    pub(crate) precision: Precision,
     pub(crate) weights: Weights,
     /// The mapped files behind CPU weights (dropped once weights are uploaded to a GPU).
     _store: Option<Box<dyn WeightSource>>,
@@ -220,6 +227,7 @@ impl Llama3 {
         Ok(Llama3 {
             dir,
             device: opts.device,
+            precision: opts.precision,
             weights,
             _store: store,
             #[cfg(feature = "cuda")]
@@ -248,6 +256,11 @@ impl Llama3 {
 
     pub fn device(&self) -> DeviceType {
         self.device
+    }
+
+    /// The CPU matmul precision chosen at load time.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn hf_tokenizer(&self) -> &HfTokenizer {
@@ -338,6 +351,7 @@ impl Llama3 {
     fn run_layers(&mut self, ids: &[u32], pos0: usize) -> Result<()> {
         let c = &self.config;
         let eps = c.rms_norm_eps as f32;
+        let p = self.precision;
         let ws = &mut self.ws;
         #[cfg(feature = "cuda")]
         let (dev_pos, dev_ids) = match self.gpu.as_ref() {
@@ -352,15 +366,15 @@ impl Llama3 {
             // The previous layer's MLP output joins the residual stream here.
             let delta = (l > 0).then_some(&ws.delta);
             add_rms_norm(&mut ws.x, delta, &w.input_layernorm, eps, &mut ws.h)?; // [seq, hidden]
-            linear(&ws.h, &w.qkv_proj, &mut ws.qkv)?; // [seq, (n_heads + 2 n_kv_heads) * head_dim]
+            linear(&ws.h, &w.qkv_proj, &mut ws.qkv, p)?; // [seq, (n_heads + 2 n_kv_heads) * head_dim]
             let (kc, vc) = self.cache.layer_mut(l)?; // [n_kv_heads, ctx, head_dim]
             rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?; // q: [seq, n_heads * head_dim]
             attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
-            matmul(&ws.att, &w.o_proj, &mut ws.delta)?; // [seq, hidden]
+            matmul(&ws.att, &w.o_proj, &mut ws.delta, p)?; // [seq, hidden]
             add_rms_norm(&mut ws.x, Some(&ws.delta), &w.post_attention_layernorm, eps, &mut ws.h)?;
-            linear(&ws.h, &w.gate_up_proj, &mut ws.gate_up)?; // [seq, 2 * intermediate]
+            linear(&ws.h, &w.gate_up_proj, &mut ws.gate_up, p)?; // [seq, 2 * intermediate]
             swiglu(&ws.gate_up, &mut ws.act)?; // [seq, intermediate]
-            matmul(&ws.act, &w.down_proj, &mut ws.delta)?; // [seq, hidden]
+            matmul(&ws.act, &w.down_proj, &mut ws.delta, p)?; // [seq, hidden]
         }
         add_rms_norm(&mut ws.x, Some(&ws.delta), &self.weights.norm, eps, &mut ws.h)
     }
@@ -374,7 +388,7 @@ impl Llama3 {
         let rows = ws.h.copy_rows(seq - rows_n, rows_n)?; // [rows, hidden]
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let mut out = Tensor::zeros_on(&[rows_n, vocab], DType::F32, self.device)?;
-        matmul(&rows, head, &mut out)?; // [rows, vocab]
+        matmul(&rows, head, &mut out, self.precision)?; // [rows, vocab]
         let out = out.to_host()?;
         ws.logits.as_f32_mut()?[out_row * vocab..(out_row + rows_n) * vocab].copy_from_slice(out.as_f32()?);
         Ok(())
@@ -482,7 +496,7 @@ impl Llama3 {
         self.run_layers(&[id], pos)?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        matmul(&self.ws.h, head, &mut g.logits)?; // [1, vocab] f32
+        matmul(&self.ws.h, head, &mut g.logits, self.precision)?; // [1, vocab] f32
         crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids) // next id, read by the next step's embedding
     }
 

@@ -3,7 +3,7 @@
 
 use std::borrow::Borrow;
 
-use super::{Op, OpContext, check_shape, matmul::matmul};
+use super::{Op, OpContext, Precision, check_shape, matmul::matmul_with_precision};
 use crate::base::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -11,20 +11,30 @@ const NAME: &str = "linear";
 
 /// `out[m, Σnᵢ] = x[m, k] · [w₀; w₁; …]ᵀ`, each `wᵢ` `[nᵢ, k]` in the PyTorch Linear layout.
 pub fn linear<W: Borrow<Tensor>>(x: &Tensor, ws: &[W], out: &mut Tensor) -> Result<()> {
+    linear_with_precision(x, ws, out, Precision::default())
+}
+
+/// [`linear`] with an explicit CPU [`Precision`] (ignored on a GPU).
+pub fn linear_with_precision<W: Borrow<Tensor>>(
+    x: &Tensor,
+    ws: &[W],
+    out: &mut Tensor,
+    precision: Precision,
+) -> Result<()> {
     let (m, _) = x.dims2(NAME)?;
     let widths: Vec<usize> = ws.iter().map(|w| w.borrow().dims2(NAME).map(|d| d.0)).collect::<Result<_>>()?;
     let total: usize = widths.iter().sum();
     check_shape(NAME, "output", out, &[m, total])?;
     match ws {
         [] => Err(Error::op(NAME, "no weight matrices")),
-        [w] => matmul(x, w.borrow(), out),
+        [w] => matmul_with_precision(x, w.borrow(), out, precision),
         _ => {
             // Several parts (CPU keeps checkpoint tensors unfused, in place): project into a
             // scratch per part, then interleave the columns.
             let mut col = 0;
             for (w, &n) in ws.iter().zip(&widths) {
                 let mut part = Tensor::zeros(&[m, n], DType::F32);
-                matmul(x, w.borrow(), &mut part)?;
+                matmul_with_precision(x, w.borrow(), &mut part, precision)?;
                 let (src, dst) = (part.as_f32()?, out.as_f32_mut()?);
                 for r in 0..m {
                     dst[r * total + col..r * total + col + n].copy_from_slice(&src[r * n..(r + 1) * n]);
