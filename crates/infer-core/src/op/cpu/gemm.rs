@@ -18,6 +18,8 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::avx512_gemm::Opts;
 use super::kernel::{Kernel, MAX_TILE, Weight, padded_stride};
 
 /// k elements per f32 panel in [`gemm`].
@@ -206,7 +208,7 @@ pub(crate) fn gemm<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut 
 /// Prefill on AVX-512 with f32 activations: weight panels widened to f32 and packed once,
 /// outer-product micro-kernel.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn gemm_packed_f32<W: super::avx512::Load>(
+pub(crate) fn gemm_packed_f32<W: super::avx512::Load + bytemuck::Pod>(
     cpu: super::avx512::Avx512,
     x: &[f32],
     w: &[W],
@@ -220,6 +222,7 @@ pub(crate) fn gemm_packed_f32<W: super::avx512::Load>(
     let x = Rows { x: &xp, units: k, per_unit: 1 };
     packed(
         x,
+        bytemuck::cast_slice(w),
         out,
         (m, n, k),
         KC_PACKED_F32,
@@ -249,6 +252,7 @@ pub(crate) fn gemm_packed_bf16dot(
     let x = Rows { x: &xp, units: k.div_ceil(2), per_unit: 2 };
     packed(
         x,
+        bytemuck::cast_slice(w),
         out,
         (m, n, k),
         KC_PACKED_BF16,
@@ -269,11 +273,14 @@ struct Rows<'a, X> {
 }
 
 /// Packed driver: `pack((row0, cols), (k0, kl), panel)` packs weight rows into micro-panels of
-/// `NR` columns over `units = ceil(kl / per_unit)`; `micro(xs, panel, units, out, acc)` runs
-/// one `xs.len() x out[0].len()` tile (adding to `out` when `acc`).
+/// `NR` columns over `units = ceil(kl / per_unit)`; `micro(xs, panel, units, out, opts)` runs
+/// one `out.len() x out[0].len()` tile. `w` is the weights' bytes (row stride `k` elements of
+/// `elem_bytes`): while a panel is multiplied, the micro-kernels prefetch the next one's lines.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 fn packed<X, P, Pack, Micro>(
     x: Rows<'_, X>,
+    w: &[u8],
     out: &mut [f32],
     (m, n, k): (usize, usize, usize),
     kc: usize,
@@ -284,7 +291,7 @@ fn packed<X, P, Pack, Micro>(
     X: Sync,
     P: Copy + Default + Send,
     Pack: Fn((usize, usize), (usize, usize), &mut [P]) + Sync + Send,
-    Micro: Fn(&[X], &[P], usize, &mut [&mut [f32]], bool) + Sync + Send,
+    Micro: Fn(&[X], &[P], usize, &mut [&mut [f32]], Opts<'_>) + Sync + Send,
 {
     use super::avx512_gemm::{MR, NR, panel_len};
     let kc = round_up(k.min(kc), 2);
@@ -293,24 +300,41 @@ fn packed<X, P, Pack, Micro>(
     par_col_blocks(out, m, n, nb, |c0, rows| {
         let ncols = rows.first().map_or(0, |r| r.len());
         let mut panel = vec![P::default(); panel_len(panel_cols.min(ncols), kc.div_ceil(x.per_unit))];
-        for k0 in (0..k).step_by(kc) {
+        let mut lines = Vec::new();
+        let panels: Vec<(usize, usize)> =
+            (0..k).step_by(kc).flat_map(|k0| (0..ncols).step_by(panel_cols).map(move |p0| (k0, p0))).collect();
+        for (i, &(k0, p0)) in panels.iter().enumerate() {
             let kl = kc.min(k - k0);
             let (u0, units) = (k0 / x.per_unit, kl.div_ceil(x.per_unit));
-            for p0 in (0..ncols).step_by(panel_cols) {
-                let pl = panel_cols.min(ncols - p0);
-                pack((c0 + p0, pl), (k0, kl), &mut panel);
-                for r0 in (0..m).step_by(MR) {
-                    let rl = MR.min(m - r0);
-                    let at = r0 * x.units + u0 * rl;
-                    let xs = &x.x[at..at + units * rl];
-                    for j in (0..pl).step_by(NR) {
-                        let cl = NR.min(pl - j);
-                        let mut outs: [&mut [f32]; MR] = Default::default();
-                        for (o, row) in outs.iter_mut().zip(rows[r0..r0 + rl].iter_mut()) {
-                            *o = &mut row[p0 + j..p0 + j + cl];
-                        }
-                        micro(xs, &panel[(j / NR) * units * NR..], units, &mut outs[..rl], k0 > 0);
+            let pl = panel_cols.min(ncols - p0);
+            pack((c0 + p0, pl), (k0, kl), &mut panel);
+            // The lines of the next panel's weights (addresses only, never dereferenced here).
+            lines.clear();
+            if let Some(&(nk0, np0)) = panels.get(i + 1) {
+                let (nkl, npl) = (kc.min(k - nk0), panel_cols.min(ncols - np0));
+                for row in c0 + np0..c0 + np0 + npl {
+                    let start = (row * k + nk0) * elem_bytes;
+                    for off in (0..nkl * elem_bytes).step_by(64) {
+                        lines.push(w.as_ptr().wrapping_add(start + off));
                     }
+                }
+            }
+            let calls = m.div_ceil(MR) * pl.div_ceil(NR);
+            let mut call = 0;
+            for r0 in (0..m).step_by(MR) {
+                let rl = MR.min(m - r0);
+                let at = r0 * x.units + u0 * rl;
+                let xs = &x.x[at..at + units * rl];
+                for j in (0..pl).step_by(NR) {
+                    let cl = NR.min(pl - j);
+                    let mut outs: [&mut [f32]; MR] = Default::default();
+                    for (o, row) in outs.iter_mut().zip(rows[r0..r0 + rl].iter_mut()) {
+                        *o = &mut row[p0 + j..p0 + j + cl];
+                    }
+                    let pf = &lines[call * lines.len() / calls..(call + 1) * lines.len() / calls];
+                    let opts = Opts { acc: k0 > 0, prefetch: pf };
+                    micro(xs, &panel[(j / NR) * units * NR..], units, &mut outs[..rl], opts);
+                    call += 1;
                 }
             }
         }
