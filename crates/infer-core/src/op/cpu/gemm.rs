@@ -32,6 +32,10 @@ const KC_PACKED_F32: usize = 1024;
 const KC_PACKED_BF16: usize = 2048;
 /// Target bytes of one converted weight panel (stays in L2 while every row block uses it).
 const PANEL_BYTES: usize = 256 * 1024;
+/// Target bytes of one packed panel: the panel, the next panel's weights (prefetched while it
+/// is used) and 128 activation rows of bf16 (512 KiB at k = 2048) share a 1 MiB L2.
+#[cfg(target_arch = "x86_64")]
+const PACKED_PANEL_BYTES: usize = 128 * 1024;
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_MACS: usize = 1 << 17;
 /// Smallest slice of weights worth a decode task of its own.
@@ -295,7 +299,7 @@ fn packed<X, P, Pack, Micro>(
 {
     use super::avx512_gemm::{MR, NR, panel_len};
     let kc = round_up(k.min(kc), 2);
-    let panel_cols = round_up((PANEL_BYTES / (kc * elem_bytes)).max(1), NR);
+    let panel_cols = round_up((PACKED_PANEL_BYTES / (kc * elem_bytes)).max(1), NR);
     let nb = block_cols(m, n, k, panel_cols, panel_cols);
     par_col_blocks(out, m, n, nb, |c0, rows| {
         let ncols = rows.first().map_or(0, |r| r.len());
