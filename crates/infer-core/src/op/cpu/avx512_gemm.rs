@@ -257,14 +257,14 @@ unsafe fn ukernel_f32<const R: usize>(
     let mut pf = Prefetcher::new(opts.prefetch, kl);
     for kk in 0..kl {
         pf.step();
-        // SAFETY: kk < kl, so panel[kk*32 .. kk*32 + 32] and x[r][kk] are in bounds.
+        // SAFETY: kk < kl, so panel[kk*32 .. kk*32 + 32] and x[kk*R .. kk*R + R] are in bounds.
         unsafe {
             let w0 = _mm512_loadu_ps(panel.add(kk * NR));
             let w1 = _mm512_loadu_ps(panel.add(kk * NR + 16));
-            for r in 0..R {
+            for (r, a) in acc.iter_mut().enumerate() {
                 let xb = _mm512_set1_ps(*x.add(kk * R + r));
-                acc[r][0] = _mm512_fmadd_ps(xb, w0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(xb, w1, acc[r][1]);
+                a[0] = _mm512_fmadd_ps(xb, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(xb, w1, a[1]);
             }
         }
     }
@@ -290,15 +290,15 @@ unsafe fn ukernel_bf16<const R: usize>(
     let mut pf = Prefetcher::new(opts.prefetch, kp);
     for p in 0..kp {
         pf.step();
-        // SAFETY: p < kp, so panel[p*32 .. p*32 + 32] and x[r][p] are in bounds; the vector
-        // transmutes are between same-size plain vector types.
+        // SAFETY: p < kp, so panel[p*32 .. p*32 + 32] and x[p*R .. p*R + R] are in bounds; the
+        // vector transmutes are between same-size plain vector types.
         unsafe {
             let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(panel.add(p * NR).cast()));
             let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(panel.add(p * NR + 16).cast()));
-            for r in 0..R {
+            for (r, a) in acc.iter_mut().enumerate() {
                 let xb: __m512bh = std::mem::transmute(_mm512_set1_epi32(*x.add(p * R + r) as i32));
-                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xb, w0);
-                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xb, w1);
+                a[0] = _mm512_dpbf16_ps(a[0], xb, w0);
+                a[1] = _mm512_dpbf16_ps(a[1], xb, w1);
             }
         }
     }
