@@ -201,44 +201,6 @@ unsafe fn store<const R: usize>(acc: &[[__m512; 2]; R], out: &[*mut f32; R], col
     }
 }
 
-/// What a micro-kernel call does besides its tile: add to the output (`acc`) or overwrite it,
-/// and the cache lines to prefetch while it runs (spread evenly over its k loop; the driver
-/// lists the weights of the panel it packs next, so their DRAM reads overlap the arithmetic).
-#[derive(Clone, Copy)]
-pub(crate) struct Opts<'a> {
-    pub(crate) acc: bool,
-    pub(crate) prefetch: &'a [*const u8],
-}
-
-/// Issues the prefetches of [`Opts::prefetch`], one every `every` k steps.
-struct Prefetcher<'a> {
-    lines: &'a [*const u8],
-    every: usize,
-    left: usize,
-}
-
-impl<'a> Prefetcher<'a> {
-    #[inline]
-    fn new(lines: &'a [*const u8], steps: usize) -> Self {
-        let every = (steps / (lines.len() + 1)).max(1);
-        Prefetcher { lines, every, left: every }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn step(&mut self) {
-        self.left -= 1;
-        if self.left == 0 {
-            self.left = self.every;
-            if let Some((&line, rest)) = self.lines.split_first() {
-                // A prefetch never faults and does not change memory: any address is fine.
-                _mm_prefetch::<_MM_HINT_T1>(line.cast());
-                self.lines = rest;
-            }
-        }
-    }
-}
-
 /// f32 micro-kernel: `out[r][c] (+)= Σ_kk x[kk*R + r] · panel[kk*32 + c]`.
 ///
 /// # Safety
@@ -251,12 +213,10 @@ unsafe fn ukernel_f32<const R: usize>(
     kl: usize,
     out: &[*mut f32; R],
     cols: usize,
-    opts: Opts<'_>,
+    acc_out: bool,
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    let mut pf = Prefetcher::new(opts.prefetch, kl);
     for kk in 0..kl {
-        pf.step();
         // SAFETY: kk < kl, so panel[kk*32 .. kk*32 + 32] and x[kk*R .. kk*R + R] are in bounds.
         unsafe {
             let w0 = _mm512_loadu_ps(panel.add(kk * NR));
@@ -269,7 +229,7 @@ unsafe fn ukernel_f32<const R: usize>(
         }
     }
     // SAFETY: forwarded from the caller.
-    unsafe { store(&acc, out, cols, opts.acc) }
+    unsafe { store(&acc, out, cols, acc_out) }
 }
 
 /// bf16-pair micro-kernel: `out[r][c] (+)= Σ_p dot2(x[p*R + r], panel[p*32 + c])`.
@@ -284,12 +244,10 @@ unsafe fn ukernel_bf16<const R: usize>(
     kp: usize,
     out: &[*mut f32; R],
     cols: usize,
-    opts: Opts<'_>,
+    acc_out: bool,
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    let mut pf = Prefetcher::new(opts.prefetch, kp);
     for p in 0..kp {
-        pf.step();
         // SAFETY: p < kp, so panel[p*32 .. p*32 + 32] and x[p*R .. p*R + R] are in bounds; the
         // vector transmutes are between same-size plain vector types.
         unsafe {
@@ -303,7 +261,7 @@ unsafe fn ukernel_bf16<const R: usize>(
         }
     }
     // SAFETY: forwarded from the caller.
-    unsafe { store(&acc, out, cols, opts.acc) }
+    unsafe { store(&acc, out, cols, acc_out) }
 }
 
 /// Checks the slices and returns the raw pointers (`x` holds `units * R` elements, out rows
@@ -339,7 +297,7 @@ macro_rules! dispatch_rows {
     };
 }
 
-fn run_f32<const R: usize>(_cpu: Avx512, x: &[f32], panel: &[f32], kl: usize, out: &mut [&mut [f32]], acc: Opts<'_>) {
+fn run_f32<const R: usize>(_cpu: Avx512, x: &[f32], panel: &[f32], kl: usize, out: &mut [&mut [f32]], acc: bool) {
     let cols = out.first().map_or(0, |o| o.len());
     let (xp, op) = ptrs::<R, f32>(x, kl, out, cols);
     let panel = &panel[..kl * NR];
@@ -347,14 +305,7 @@ fn run_f32<const R: usize>(_cpu: Avx512, x: &[f32], panel: &[f32], kl: usize, ou
     unsafe { ukernel_f32::<R>(xp, panel.as_ptr(), kl, &op, cols, acc) }
 }
 
-fn run_bf16<const R: usize>(
-    _cpu: Avx512Bf16,
-    x: &[u32],
-    panel: &[u32],
-    kp: usize,
-    out: &mut [&mut [f32]],
-    acc: Opts<'_>,
-) {
+fn run_bf16<const R: usize>(_cpu: Avx512Bf16, x: &[u32], panel: &[u32], kp: usize, out: &mut [&mut [f32]], acc: bool) {
     let cols = out.first().map_or(0, |o| o.len());
     let (xp, op) = ptrs::<R, u32>(x, kp, out, cols);
     let panel = &panel[..kp * NR];
@@ -364,13 +315,13 @@ fn run_bf16<const R: usize>(
 
 /// `out[r][c] (+)= Σ_kk x[kk * R + r] · panel[kk*32 + c]` for `R = out.len() <= 14` rows (the
 /// activations interleaved by [`interleave_rows`]), `c < out[r].len() <= 32` (all `out` rows
-/// the same length); adds to `out` when `acc.acc`, else overwrites.
-pub(crate) fn micro_f32(cpu: Avx512, x: &[f32], panel: &[f32], kl: usize, out: &mut [&mut [f32]], acc: Opts<'_>) {
+/// the same length); adds to `out` when `acc`, else overwrites.
+pub(crate) fn micro_f32(cpu: Avx512, x: &[f32], panel: &[f32], kl: usize, out: &mut [&mut [f32]], acc: bool) {
     dispatch_rows!(run_f32, cpu, x, panel, kl, out, acc)
 }
 
 /// As [`micro_f32`] over `kp` bf16 pairs (`x` and `panel` hold pairs packed in u32).
-pub(crate) fn micro_bf16(cpu: Avx512Bf16, x: &[u32], panel: &[u32], kp: usize, out: &mut [&mut [f32]], acc: Opts<'_>) {
+pub(crate) fn micro_bf16(cpu: Avx512Bf16, x: &[u32], panel: &[u32], kp: usize, out: &mut [&mut [f32]], acc: bool) {
     dispatch_rows!(run_bf16, cpu, x, panel, kp, out, acc)
 }
 

@@ -18,8 +18,6 @@
 
 use rayon::prelude::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::avx512_gemm::Opts;
 use super::kernel::{Kernel, MAX_TILE, Weight, padded_stride};
 
 /// k elements per f32 panel in [`gemm`].
@@ -32,10 +30,6 @@ const KC_PACKED_F32: usize = 1024;
 const KC_PACKED_BF16: usize = 2048;
 /// Target bytes of one converted weight panel (stays in L2 while every row block uses it).
 const PANEL_BYTES: usize = 256 * 1024;
-/// Target bytes of one packed panel: the panel, the next panel's weights (prefetched while it
-/// is used) and 128 activation rows of bf16 (512 KiB at k = 2048) share a 1 MiB L2.
-#[cfg(target_arch = "x86_64")]
-const PACKED_PANEL_BYTES: usize = 128 * 1024;
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_MACS: usize = 1 << 17;
 /// Smallest slice of weights worth a decode task of its own.
@@ -212,7 +206,7 @@ pub(crate) fn gemm<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut 
 /// Prefill on AVX-512 with f32 activations: weight panels widened to f32 and packed once,
 /// outer-product micro-kernel.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn gemm_packed_f32<W: super::avx512::Load + bytemuck::Pod>(
+pub(crate) fn gemm_packed_f32<W: super::avx512::Load>(
     cpu: super::avx512::Avx512,
     x: &[f32],
     w: &[W],
@@ -226,7 +220,6 @@ pub(crate) fn gemm_packed_f32<W: super::avx512::Load + bytemuck::Pod>(
     let x = Rows { x: &xp, units: k, per_unit: 1 };
     packed(
         x,
-        bytemuck::cast_slice(w),
         out,
         (m, n, k),
         KC_PACKED_F32,
@@ -256,7 +249,6 @@ pub(crate) fn gemm_packed_bf16dot(
     let x = Rows { x: &xp, units: k.div_ceil(2), per_unit: 2 };
     packed(
         x,
-        bytemuck::cast_slice(w),
         out,
         (m, n, k),
         KC_PACKED_BF16,
@@ -277,14 +269,11 @@ struct Rows<'a, X> {
 }
 
 /// Packed driver: `pack((row0, cols), (k0, kl), panel)` packs weight rows into micro-panels of
-/// `NR` columns over `units = ceil(kl / per_unit)`; `micro(xs, panel, units, out, opts)` runs
-/// one `out.len() x out[0].len()` tile. `w` is the weights' bytes (row stride `k` elements of
-/// `elem_bytes`): while a panel is multiplied, the micro-kernels prefetch the next one's lines.
+/// `NR` columns over `units = ceil(kl / per_unit)`; `micro(xs, panel, units, out, acc)` runs
+/// one `xs.len() x out[0].len()` tile (adding to `out` when `acc`).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 fn packed<X, P, Pack, Micro>(
     x: Rows<'_, X>,
-    w: &[u8],
     out: &mut [f32],
     (m, n, k): (usize, usize, usize),
     kc: usize,
@@ -295,50 +284,33 @@ fn packed<X, P, Pack, Micro>(
     X: Sync,
     P: Copy + Default + Send,
     Pack: Fn((usize, usize), (usize, usize), &mut [P]) + Sync + Send,
-    Micro: Fn(&[X], &[P], usize, &mut [&mut [f32]], Opts<'_>) + Sync + Send,
+    Micro: Fn(&[X], &[P], usize, &mut [&mut [f32]], bool) + Sync + Send,
 {
     use super::avx512_gemm::{MR, NR, panel_len};
     let kc = round_up(k.min(kc), 2);
-    let panel_cols = round_up((PACKED_PANEL_BYTES / (kc * elem_bytes)).max(1), NR);
+    let panel_cols = round_up((PANEL_BYTES / (kc * elem_bytes)).max(1), NR);
     let nb = block_cols(m, n, k, panel_cols, panel_cols);
     par_col_blocks(out, m, n, nb, |c0, rows| {
         let ncols = rows.first().map_or(0, |r| r.len());
         let mut panel = vec![P::default(); panel_len(panel_cols.min(ncols), kc.div_ceil(x.per_unit))];
-        let mut lines = Vec::new();
-        let panels: Vec<(usize, usize)> =
-            (0..k).step_by(kc).flat_map(|k0| (0..ncols).step_by(panel_cols).map(move |p0| (k0, p0))).collect();
-        for (i, &(k0, p0)) in panels.iter().enumerate() {
+        for k0 in (0..k).step_by(kc) {
             let kl = kc.min(k - k0);
             let (u0, units) = (k0 / x.per_unit, kl.div_ceil(x.per_unit));
-            let pl = panel_cols.min(ncols - p0);
-            pack((c0 + p0, pl), (k0, kl), &mut panel);
-            // The lines of the next panel's weights (addresses only, never dereferenced here).
-            lines.clear();
-            if let Some(&(nk0, np0)) = panels.get(i + 1) {
-                let (nkl, npl) = (kc.min(k - nk0), panel_cols.min(ncols - np0));
-                for row in c0 + np0..c0 + np0 + npl {
-                    let start = (row * k + nk0) * elem_bytes;
-                    for off in (0..nkl * elem_bytes).step_by(64) {
-                        lines.push(w.as_ptr().wrapping_add(start + off));
+            for p0 in (0..ncols).step_by(panel_cols) {
+                let pl = panel_cols.min(ncols - p0);
+                pack((c0 + p0, pl), (k0, kl), &mut panel);
+                for r0 in (0..m).step_by(MR) {
+                    let rl = MR.min(m - r0);
+                    let at = r0 * x.units + u0 * rl;
+                    let xs = &x.x[at..at + units * rl];
+                    for j in (0..pl).step_by(NR) {
+                        let cl = NR.min(pl - j);
+                        let mut outs: [&mut [f32]; MR] = Default::default();
+                        for (o, row) in outs.iter_mut().zip(rows[r0..r0 + rl].iter_mut()) {
+                            *o = &mut row[p0 + j..p0 + j + cl];
+                        }
+                        micro(xs, &panel[(j / NR) * units * NR..], units, &mut outs[..rl], k0 > 0);
                     }
-                }
-            }
-            let calls = m.div_ceil(MR) * pl.div_ceil(NR);
-            let mut call = 0;
-            for r0 in (0..m).step_by(MR) {
-                let rl = MR.min(m - r0);
-                let at = r0 * x.units + u0 * rl;
-                let xs = &x.x[at..at + units * rl];
-                for j in (0..pl).step_by(NR) {
-                    let cl = NR.min(pl - j);
-                    let mut outs: [&mut [f32]; MR] = Default::default();
-                    for (o, row) in outs.iter_mut().zip(rows[r0..r0 + rl].iter_mut()) {
-                        *o = &mut row[p0 + j..p0 + j + cl];
-                    }
-                    let pf = &lines[call * lines.len() / calls..(call + 1) * lines.len() / calls];
-                    let opts = Opts { acc: k0 > 0, prefetch: pf };
-                    micro(xs, &panel[(j / NR) * units * NR..], units, &mut outs[..rl], opts);
-                    call += 1;
                 }
             }
         }
