@@ -13,11 +13,22 @@ mkdir -p "$out"
 [ -f "$model/model.safetensors" ] ||
   python3 scripts/make_random_llama.py --out "$model" --shape llama-3.2-1b --tokenizer-from tests/fixtures/tiny-llama3
 [ -f "$gguf" ] || python3 "$llama/convert_hf_to_gguf.py" "$model" --outtype bf16 --outfile "$gguf"
-cargo test --release -p infer-core --test perf_cpu --no-run 2>/dev/null
+cargo test --release -p infer-core --test perf_cpu --test matmul_bench --no-run 2>/dev/null
+# The VM's memory bandwidth drifts: a plain $threads-thread read of 256 MiB before each engine.
+membw() {
+  RAYON_NUM_THREADS=$threads MATMUL_BENCH_FILTER=none \
+    cargo test --release -p infer-core --test matmul_bench -- --ignored --nocapture 2>/dev/null | grep "plain"
+}
+rm -f "$out"/rustinfer-*.txt "$out"/llama-*.json "$out"/membw.txt
 for round in 1 2; do # alternate the two engines so drift hits both alike
+  echo "round $round rustinfer: $(membw)" | tee -a "$out/membw.txt"
   RAYON_NUM_THREADS=$threads RUSTINFER_MODEL=$model \
     cargo test --release -p infer-core --test perf_cpu -- --ignored --show-output | tee "$out/rustinfer-$round.txt"
+  echo "round $round llama.cpp: $(membw)" | tee -a "$out/membw.txt"
   LD_LIBRARY_PATH="$llama/bin" "$llama/bin/llama-bench" -m "$gguf" -t "$threads" -p 64,128 -n 32 -r 3 -o json \
     > "$out/llama-$round.json"
 done
+# Precision::Exact (f32 activations, --precise) once, for the table's extra column.
+RAYON_NUM_THREADS=$threads RUSTINFER_MODEL=$model RUSTINFER_PRECISION=exact \
+  cargo test --release -p infer-core --test perf_cpu -- --ignored --show-output | tee "$out/exact.txt"
 python3 scripts/plot_bench.py cpu "$out" test_images/cpu_bench.png | tee "$out/cpu_table.md"

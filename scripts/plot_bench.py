@@ -13,17 +13,23 @@ for f in sorted(glob.glob(f"{out}/rustinfer-*.txt")):
             for k in ("pp64", "pp128", "tg"):
                 ours[k] = max(ours.get(k, 0.0), d[k])
             ours["isa"] = d.get("isa", "?")
+exact = {}
+for line in (open(f"{out}/exact.txt") if glob.glob(f"{out}/exact.txt") else []):
+    if line.startswith("BENCH_JSON "):
+        exact = json.loads(line[len("BENCH_JSON "):])
 peer = {}
 for f in sorted(glob.glob(f"{out}/llama-*.json")):
     for r in json.load(open(f)):
         k = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else "tg"
         peer[k] = max(peer.get(k, 0.0), r["avg_ts"])
 rows = [("prefill 64 tokens", "pp64"), ("prefill 128 tokens", "pp128"), ("decode", "tg")]
-print(f"| {kind.upper()} tok/s | RustInfer ({ours.get('isa','?')}) | llama.cpp | ratio |")
-print("|---|---:|---:|---:|")
+extra = " RustInfer `--precise` |" if exact else ""
+print(f"| {kind.upper()} tok/s | RustInfer ({ours.get('isa','?')}) | llama.cpp | ratio |{extra}")
+print("|---|---:|---:|---:|" + ("---:|" if exact else ""))
 for label, k in rows:
     a, b = ours.get(k, 0.0), peer.get(k, 0.0)
-    print(f"| {label} | {a:.1f} | {b:.1f} | {a / b if b else float('nan'):.2f}x |")
+    e = f" {exact.get(k, 0.0):.1f} |" if exact else ""
+    print(f"| {label} | {a:.1f} | {b:.1f} | {a / b if b else float('nan'):.2f}x |{e}")
 try:
     import matplotlib
     matplotlib.use("Agg")

@@ -44,6 +44,11 @@ pub struct ModelArgs {
     /// Do not draw the loading progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// CPU: the reference-precision path: f32 matmul activations against exactly widened or
+    /// dequantized weights (slower), instead of bf16-rounded activations (bf16 weights on
+    /// AVX512_BF16 CPUs) or 8-bit activations with a residual pass (quantized weights).
+    #[arg(long)]
+    pub precise: bool,
 }
 
 #[derive(Args, Debug)]
@@ -179,9 +184,6 @@ pub struct ScoreArgs {
     /// Print one JSON object (positions, nll_mean, perplexity, argmax_agreement).
     #[arg(long)]
     pub json: bool,
-    /// Use the exact (f32-activation) CPU kernels instead of the fast ones.
-    #[arg(long)]
-    pub precise: bool,
 }
 
 fn parse_type(s: &str) -> Result<DType, String> {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use infer_core::model::chat::ChatMessage;
+use infer_core::op::Precision;
 use infer_core::{GenerateOptions, Generation, Llama3, LoadOptions};
 
 use args::{Cli, Command, ModelArgs, SamplingArgs};
@@ -32,11 +33,11 @@ fn main() -> ExitCode {
 }
 
 pub(crate) fn load(m: &ModelArgs) -> infer_core::Result<Llama3> {
-    load_with(m, infer_core::op::Precision::default())
+    load_with(m, if m.precise { Precision::Exact } else { Precision::Fast })
 }
 
 /// [`load`] with an explicit CPU matmul precision.
-pub(crate) fn load_with(m: &ModelArgs, precision: infer_core::op::Precision) -> infer_core::Result<Llama3> {
+pub(crate) fn load_with(m: &ModelArgs, precision: Precision) -> infer_core::Result<Llama3> {
     let opts = LoadOptions { device: m.device, context_length: m.context_length, progress: !m.no_progress, precision };
     Llama3::load(&m.model, opts)
 }

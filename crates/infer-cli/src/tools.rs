@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use infer_core::model::gguf::{ConvertOptions, convert_hf_to_gguf};
-use infer_core::op::Precision;
 use infer_core::{Error, Result, Score};
 
 use crate::args::{QuantizeArgs, ScoreArgs};
@@ -54,8 +53,7 @@ fn read_ids(path: &Path) -> Result<Vec<u32>> {
 
 /// `infer-cli score`.
 pub fn score(a: ScoreArgs) -> Result<()> {
-    let precision = if a.precise { Precision::Exact } else { Precision::Fast };
-    let mut model = crate::load_with(&a.model, precision)?;
+    let mut model = crate::load(&a.model)?;
     let ids = match (&a.ids, &a.text) {
         (Some(path), _) => read_ids(path)?,
         (None, Some(text)) => model.tokenize(text, true)?,

@@ -21,4 +21,5 @@ pub use model::llama3::{Llama3, LoadOptions};
 pub use model::sampler::SamplerConfig;
 pub use model::score::{PositionScore, Score};
 pub use model::{Model, config::LlamaConfig};
+pub use op::Precision;
 pub use tensor::{DType, Tensor};

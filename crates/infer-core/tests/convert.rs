@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use infer_core::model::gguf::{ConvertOptions, ConvertReport, GgufFile, convert_hf_to_gguf};
+use infer_core::op::Precision;
 use infer_core::{DType, Llama3, LoadOptions};
 
 fn out_dir() -> PathBuf {
@@ -25,8 +26,15 @@ fn convert(dtype: DType, tag: &str) -> (PathBuf, ConvertReport) {
 }
 
 fn load(path: &Path) -> Llama3 {
-    Llama3::load(path, LoadOptions { context_length: Some(1024), progress: false, ..LoadOptions::default() })
-        .expect("loads")
+    // The exact CPU path: f32 activations, so equal weights give bit-equal logits whatever
+    // their stored type.
+    let opts = LoadOptions {
+        context_length: Some(1024),
+        progress: false,
+        precision: Precision::Exact,
+        ..LoadOptions::default()
+    };
+    Llama3::load(path, opts).expect("loads")
 }
 
 /// Teacher-forced logits of every golden case (prompt + greedy ids), one `Vec` per case.
@@ -94,9 +102,8 @@ fn float_types_reproduce_the_safetensors_logits() {
     for (c, (a, b)) in common::golden().cases.iter().zip(want.iter().zip(&got)) {
         assert!(a == b, "{}: bf16 GGUF logits differ from the safetensors model", c.name);
     }
-    // f32 holds the same values exactly, and bf16 weights are widened to f32 in the matmul (the
-    // opt-in bf16-activation path, RUSTINFER_FAST_BF16, is off here), so the logits are equal too.
-    infer_core::op::cpu::set_fast_bf16(false);
+    // f32 holds the same values exactly, and on the exact path bf16 weights are widened to f32
+    // in the matmul, so the logits are equal too.
     let (path, _) = convert(DType::F32, "float");
     let mut gg = load(&path);
     let (rel, top1) = compare(&want, &case_logits(&mut gg), vocab);

@@ -191,9 +191,9 @@ fn test_llama3_cuda_performance() {
 
 /// A GGUF with Q8_0 blocks (tiny-llama3 converted by `convert_hf_to_gguf`): the blocks stay
 /// quantized on the GPU (block GEMV for decode, dequantize + cuBLASLt for the prompt) and the
-/// logits track the CPU's exact path on the same file within the bf16 tolerance above, with the
-/// same argmax wherever the CPU's top-1 margin exceeds 2 × TOL; a greedy continuation on the GPU
-/// agrees with the CPU's on those steps too.
+/// CPU exact path's top-10 logits at every position are matched within the bf16 tolerance
+/// above (TOL; both run the same weights, so only the bf16 activations differ), with the same
+/// argmax wherever the CPU's top-1 margin exceeds 2 × TOL.
 #[test]
 fn tiny_q8_0_gguf_on_gpu() {
     if !gpu_available() {
@@ -218,19 +218,23 @@ fn tiny_q8_0_gguf_on_gpu() {
         let all: Vec<u32> = case.ids.iter().chain(&case.greedy_ids).copied().collect();
         let want = cpu.forward_tokens(&all, 0, true).unwrap().as_f32().unwrap().to_vec();
         let got = gpu.forward_tokens(&all, 0, true).unwrap().as_f32().unwrap().to_vec();
-        let (mut worst, mut checked) = (0f32, 0);
+        assert_eq!(got.len(), want.len());
+        let (mut worst, mut checked) = (0f32, 0); // worst top-10 logit difference
         for (w, o) in want.chunks_exact(vocab).zip(got.chunks_exact(vocab)) {
-            let e = w.iter().zip(o).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let mut order: Vec<usize> = (0..vocab).collect();
+            order.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+            let e = order[..10].iter().map(|&i| (w[i] - o[i]).abs()).fold(0f32, f32::max);
             worst = worst.max(e);
-            let mut sorted = w.to_vec();
-            sorted.sort_by(|a, b| b.total_cmp(a));
-            if f64::from(sorted[0] - sorted[1]) > 2.0 * TOL {
+            if f64::from(w[order[0]] - w[order[1]]) > 2.0 * TOL {
                 assert_eq!(argmax(o), argmax(w), "{}: argmax with margin {}", case.name, sorted[0] - sorted[1]);
                 checked += 1;
             }
         }
-        println!("{}: Q8_0 GGUF GPU vs CPU exact: worst logit diff {worst:.3}, {checked} argmax checks", case.name);
-        assert!(f64::from(worst) <= 2.0 * TOL, "{}: worst logit diff {worst}", case.name);
+        println!(
+            "{}: Q8_0 GGUF GPU vs CPU exact: worst top-10 logit diff {worst:.3}, {checked} argmax checks",
+            case.name
+        );
+        assert!(f64::from(worst) <= TOL, "{}: worst top-10 logit diff {worst}", case.name);
     }
     let _ = std::fs::remove_file(&path);
 }

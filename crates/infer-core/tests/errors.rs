@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::tiny_dir;
-use infer_core::{Error, GenerateOptions, Llama3, LoadOptions};
+use infer_core::{Error, GenerateOptions, Llama3, LoadOptions, Precision};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 /// A scratch copy of the tiny model directory (weights copied only when `with_weights`).
@@ -24,7 +24,10 @@ fn scratch(name: &str, with_weights: bool) -> PathBuf {
 }
 
 fn load(dir: &Path) -> Result<Llama3, Error> {
-    Llama3::load(dir, LoadOptions { context_length: Some(64), progress: false, ..LoadOptions::default() })
+    // Exact: `sharded_f32_checkpoint_matches_single_file` compares f32 and bf16 weights, which
+    // Precision::Fast would treat differently (it rounds activations for bf16 weights only).
+    let precision = Precision::Exact;
+    Llama3::load(dir, LoadOptions { context_length: Some(64), progress: false, precision, ..LoadOptions::default() })
 }
 
 /// Rewrites the fixture weights with `edit` applied to (name, dtype, shape, bytes).

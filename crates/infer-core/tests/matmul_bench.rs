@@ -6,20 +6,22 @@
 //!
 //! Decode (m = 1) reports GB/s of bf16 weights read, both with the matrix hot in cache
 //! (same matrix every call) and streamed from DRAM (rotating over copies larger than L3, as
-//! a real forward pass does). Prefill (m = 64, 128) reports GFLOP/s (2·m·n·k per call) on the
-//! default f32 path and, when the CPU has AVX512_BF16, on the opt-in fast bf16 path.
+//! a real forward pass does), next to a plain 2-thread read of 256 MiB measured in the same
+//! run (the VM's bandwidth drifts). Prefill (m = 64, 128) reports GFLOP/s (2·m·n·k per call).
+//! Both precisions: `Exact` (f32 activations) and `Fast` (bf16 activations with AVX512_BF16).
+//! `MATMUL_BENCH_FILTER=gate` runs only the shapes whose name contains the string.
 //!
 //! `bench_quantized_matmul` does the same for block-quantized weights on one 2048×8192 matrix
 //! (Llama-3.2-1B's down projection): GB/s of quantized weights at m = 1 and GFLOP/s at m = 64,
-//! fast (8-bit activations, integer dots) against exact (dequantized rows, f32 dots), timed
-//! interleaved so that machine noise hits both alike.
+//! fast (8-bit activations with a residual pass, integer dots) against exact (dequantized rows,
+//! f32 dots), timed interleaved so that machine noise hits both alike.
 
 use std::time::{Duration, Instant};
 
 use half::bf16;
 use infer_core::op::Precision;
 use infer_core::op::cpu;
-use infer_core::op::matmul::{matmul, matmul_with_precision};
+use infer_core::op::matmul::matmul_with_precision;
 use infer_core::tensor::quantize::quantize_to_vec;
 use infer_core::{DType, Tensor};
 
@@ -62,6 +64,18 @@ fn best_of_5(mut f: impl FnMut()) -> Duration {
         .unwrap_or_default()
 }
 
+/// GB/s of a plain read of `buf` split in one contiguous half per rayon thread (summing u64
+/// words): the memory bandwidth the machine gives right now, for comparison.
+fn read_bandwidth(buf: &[u64]) -> f64 {
+    use rayon::prelude::*;
+    let half = buf.len().div_ceil(rayon::current_num_threads());
+    let t = best_of_5(|| {
+        let s: u64 = buf.par_chunks(half).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).sum();
+        std::hint::black_box(s);
+    });
+    (buf.len() * 8) as f64 / t.as_secs_f64() / 1e9
+}
+
 #[test]
 #[ignore = "benchmark: run with --release -- --ignored --nocapture"]
 fn bench_matmul_shapes() {
@@ -72,54 +86,35 @@ fn bench_matmul_shapes() {
         cpu::simd::has_avx512_bf16(),
         rayon::current_num_threads()
     );
-    let fast_available = cpu::simd::has_avx512_bf16();
-    for &(name, n, k) in SHAPES {
+    let filter = std::env::var("MATMUL_BENCH_FILTER").unwrap_or_default();
+    let mem: Vec<u64> = (0..STREAM_BYTES / 8).map(|i| i as u64).collect();
+    println!("plain 2-thread read: {:.1} GB/s", read_bandwidth(&mem));
+    drop(mem);
+    let mm = |x: &Tensor, w: &Tensor, o: &mut Tensor, p| matmul_with_precision(x, w, o, p).expect("matmul");
+    for &(name, n, k) in SHAPES.iter().filter(|s| s.0.contains(filter.as_str())) {
         let w = weights(n, k, (n + k) as u64);
         let wbytes = (n * k * 2) as f64;
-
-        // Decode, hot: the same matrix every call.
-        let x1 = Tensor::from_f32(&[1, k], fill(k, 7)).expect("x");
-        let mut o1 = Tensor::zeros(&[1, n], DType::F32);
-        let hot = best_of_5(|| matmul(&x1, &w, &mut o1).expect("matmul"));
-
-        // Decode, streamed: rotate over copies so every call reads DRAM.
         let copies = STREAM_BYTES.div_ceil(n * k * 2).max(2);
         let extra: Vec<Tensor> = (1..copies).map(|i| weights(n, k, i as u64)).collect();
         let all: Vec<&Tensor> = std::iter::once(&w).chain(&extra).collect();
-        let stream = best_of_5(|| {
-            for wi in &all {
-                matmul(&x1, wi, &mut o1).expect("matmul");
-            }
-        }) / all.len() as u32;
-        drop(extra);
-        println!(
-            "{name:24} m=1    decode  hot {:7.1} GB/s ({:8.1} us)   streamed {:6.1} GB/s ({:8.1} us)",
-            wbytes / hot.as_secs_f64() / 1e9,
-            hot.as_secs_f64() * 1e6,
-            wbytes / stream.as_secs_f64() / 1e9,
-            stream.as_secs_f64() * 1e6
-        );
-
-        for m in [64, 128] {
-            let x = Tensor::from_f32(&[m, k], fill(m * k, m as u64)).expect("x");
-            let mut o = Tensor::zeros(&[m, n], DType::F32);
-            let flop = 2.0 * (m * n * k) as f64;
-            cpu::set_fast_bf16(false);
-            let t = best_of_5(|| matmul(&x, &w, &mut o).expect("matmul"));
+        let x1 = Tensor::from_f32(&[1, k], fill(k, 7)).expect("x");
+        let mut o1 = Tensor::zeros(&[1, n], DType::F32);
+        for p in [Precision::Exact, Precision::Fast] {
+            // Decode, hot: the same matrix every call; streamed: rotate over copies (> L3).
+            let hot = best_of_5(|| mm(&x1, &w, &mut o1, p));
+            let stream = best_of_5(|| all.iter().for_each(|wi| mm(&x1, wi, &mut o1, p))) / all.len() as u32;
             let mut line = format!(
-                "{name:24} m={m:<4} prefill f32 {:6.1} GFLOP/s ({:7.2} ms)",
-                flop / t.as_secs_f64() / 1e9,
-                t.as_secs_f64() * 1e3
+                "{name:24} {p:?} m=1 decode hot {:6.1} GB/s streamed {:5.1} GB/s ({:7.1} us)",
+                wbytes / hot.as_secs_f64() / 1e9,
+                wbytes / stream.as_secs_f64() / 1e9,
+                stream.as_secs_f64() * 1e6
             );
-            if fast_available {
-                cpu::set_fast_bf16(true);
-                let t = best_of_5(|| matmul(&x, &w, &mut o).expect("matmul"));
-                cpu::set_fast_bf16(false);
-                line += &format!(
-                    "   bf16dot {:6.1} GFLOP/s ({:7.2} ms)",
-                    flop / t.as_secs_f64() / 1e9,
-                    t.as_secs_f64() * 1e3
-                );
+            for m in [64, 128] {
+                let x = Tensor::from_f32(&[m, k], fill(m * k, m as u64)).expect("x");
+                let mut o = Tensor::zeros(&[m, n], DType::F32);
+                let t = best_of_5(|| mm(&x, &w, &mut o, p));
+                let flop = 2.0 * (m * n * k) as f64;
+                line += &format!(" | m={m} {:5.1} GFLOP/s", flop / t.as_secs_f64() / 1e9);
             }
             println!("{line}");
         }

@@ -3,6 +3,8 @@
 //! Model: `RUSTINFER_MODEL`, or a random Llama-3.2-1B-shaped checkpoint made on first use with
 //! scripts/make_random_llama.py (numpy). Prints load time, prefill tok/s (64- and 128-token
 //! prompts) and decode tok/s, plus one JSON line for scripts/bench_cpu.sh.
+//! `RUSTINFER_PRECISION=exact` measures `Precision::Exact` (f32 activations) instead of the
+//! default `Precision::Fast`.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use infer_core::{GenerateOptions, Llama3, LoadOptions, SamplerConfig};
+use infer_core::{GenerateOptions, Llama3, LoadOptions, Precision, SamplerConfig};
 
 fn model_dir() -> PathBuf {
     if let Ok(p) = std::env::var("RUSTINFER_MODEL") {
@@ -40,7 +42,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn test_llama3_cpu_loading_and_generation() {
     let dir = model_dir();
     let t0 = Instant::now();
-    let mut model = Llama3::load(&dir, LoadOptions { context_length: Some(1024), ..LoadOptions::default() }).unwrap();
+    let precision = match std::env::var("RUSTINFER_PRECISION").as_deref() {
+        Ok("exact") => Precision::Exact,
+        _ => Precision::Fast,
+    };
+    let opts = LoadOptions { context_length: Some(1024), precision, ..LoadOptions::default() };
+    let mut model = Llama3::load(&dir, opts).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     println!(
         "model: {} ({} layers, hidden {})",
@@ -48,7 +55,7 @@ fn test_llama3_cpu_loading_and_generation() {
         model.config().num_hidden_layers,
         model.config().hidden_size
     );
-    println!("load: {load_s:.2} s");
+    println!("load: {load_s:.2} s, precision {precision:?}, isa {}", infer_core::op::cpu::isa());
     // Weights are memory-mapped in their stored dtype: resident memory stays near the file size.
     let (rss, files) = (rss_bytes(), model_bytes(&dir));
     println!(
@@ -88,7 +95,7 @@ fn test_llama3_cpu_loading_and_generation() {
     let gbps = decode * model_bytes(&dir) / 1e9;
     println!("decode: {decode:.2} tok/s ({} tokens, {gbps:.1} GB/s of weights)", g.decode_tokens);
     println!(
-        "BENCH_JSON {{\"load_s\": {load_s:.3}, \"pp64\": {:.2}, \"pp128\": {:.2}, \"tg\": {decode:.3}, \"isa\": \"{}\"}}",
+        "BENCH_JSON {{\"load_s\": {load_s:.3}, \"pp64\": {:.2}, \"pp128\": {:.2}, \"tg\": {decode:.3}, \"isa\": \"{}\", \"precision\": \"{precision:?}\"}}",
         prefill[0].1,
         prefill[1].1,
         infer_core::op::cpu::isa()

@@ -7,7 +7,8 @@ mod common;
 use infer_core::{Error, Llama3, LoadOptions};
 
 fn model(context: usize) -> Llama3 {
-    let opts = LoadOptions { context_length: Some(context), progress: false, ..LoadOptions::default() };
+    let precision = infer_core::op::Precision::Exact; // compared with the float64 reference
+    let opts = LoadOptions { context_length: Some(context), progress: false, precision, ..LoadOptions::default() };
     Llama3::load(common::tiny_dir(), opts).expect("tiny fixture loads")
 }
 

@@ -18,8 +18,11 @@ use super::weights::WeightSource;
 use super::{Model, workspace::Workspace};
 use crate::base::{DeviceType, Error, Result};
 use crate::op::embedding::{Ids, embedding_ids};
+#[cfg(feature = "cuda")]
+use crate::op::matmul::matmul;
+use crate::op::matmul::matmul_with_precision;
 use crate::op::swiglu_matmul_add::swiglu_matmul_add;
-use crate::op::{Positions, Precision, attention::attention, matmul::matmul, matmul_add::matmul_add};
+use crate::op::{Positions, Precision, attention::attention, matmul_add::matmul_add};
 use crate::op::{norm_linear::norm_linear, rms_norm::rms_norm, rope::RopeTable, rope_kv::rope_kv};
 use crate::tensor::{DType, Tensor};
 
@@ -36,7 +39,8 @@ pub struct LoadOptions {
     pub context_length: Option<usize>,
     /// Show a progress bar while reading weights (only drawn when stderr is a terminal).
     pub progress: bool,
-    /// CPU matmul precision: [`Precision::Fast`] (default) or the exact f32 reference path.
+    /// CPU matmul precision: [`Precision::Fast`] (default) rounds activations to bf16 for bf16
+    /// weights on CPUs with AVX512_BF16, as llama.cpp does; [`Precision::Exact`] keeps them f32.
     pub precision: Precision,
 }
 
@@ -284,6 +288,11 @@ impl Llama3 {
         self.device
     }
 
+    /// The CPU matmul precision chosen at load time.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     pub fn hf_tokenizer(&self) -> &HfTokenizer {
         &self.tokenizer
     }
@@ -405,7 +414,7 @@ impl Llama3 {
         let rows = ws.h.copy_rows(seq - rows_n, rows_n)?; // [rows, hidden]
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let mut out = Tensor::zeros_on(&[rows_n, vocab], DType::F32, self.device)?;
-        matmul(&rows, head, &mut out)?; // [rows, vocab]
+        matmul_with_precision(&rows, head, &mut out, self.precision)?; // [rows, vocab]
         let out = out.to_host()?;
         ws.logits.as_f32_mut()?[out_row * vocab..(out_row + rows_n) * vocab].copy_from_slice(out.as_f32()?);
         Ok(())

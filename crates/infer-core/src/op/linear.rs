@@ -14,7 +14,7 @@ pub fn linear<W: Borrow<Tensor>>(x: &Tensor, ws: &[W], out: &mut Tensor) -> Resu
     linear_with_precision(x, ws, out, Precision::default())
 }
 
-/// [`linear`] with an explicit CPU [`Precision`].
+/// [`linear`] with an explicit CPU [`Precision`] (ignored on a GPU).
 pub fn linear_with_precision<W: Borrow<Tensor>>(
     x: &Tensor,
     ws: &[W],

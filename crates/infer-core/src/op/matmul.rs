@@ -139,8 +139,19 @@ mod tests {
         }
     }
 
-    const SHAPES: &[(usize, usize, usize)] =
-        &[(1, 1, 1), (1, 5, 37), (2, 33, 100), (7, 131, 77), (65, 17, 517), (7, 300, 1030), (65, 131, 2053)];
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (1, 5, 37),
+        (2, 33, 100),
+        (3, 13, 45),
+        (4, 9, 64),
+        (1, 19, 2049),
+        (7, 131, 77),
+        (65, 17, 517),
+        (7, 300, 1030),
+        (65, 131, 2053),
+        (130, 70, 4100),
+    ];
 
     #[test]
     fn matches_f64_reference_on_every_isa_and_dtype() {
@@ -160,17 +171,42 @@ mod tests {
 
     #[test]
     fn fast_bf16_path_is_close() {
-        // Activations are rounded to bf16 (relative error <= 2^-9 each): allow 4e-3 of Σ|x·w|.
-        if !simd::has_avx512_bf16() {
-            return;
+        // Activations are rounded to bf16 (relative error <= 2^-9 each, products exact, f32
+        // sums): |err| <= 2^-9 · Σ|x·w| + f32 accumulation error; allow 4e-3 of Σ|x·w|.
+        // Covers the decode kernel (m <= 4: both tile widths, odd k, k tails) and the packed
+        // kernel (several k blocks, a partial last row block, prefetch across panels).
+        // Without AVX512_BF16 (or on another ISA) Fast must equal Exact bit for bit.
+        for isa in simd::available() {
+            for &(m, n, k) in SHAPES {
+                let x = fill(m * k, (m + k) as u64);
+                let (w, wf) = weights(DType::BF16, n, k, (n + k) as u64);
+                let (want, scale) = reference(&x, &wf, m, n, k);
+                let mut out = vec![f32::NAN; m * n];
+                cpu::matmul_with(isa, true, &x, w.data().unwrap(), &mut out, m, n, k);
+                check(&out, &want, &scale, 4e-3, &format!("{isa:?} fast m={m} n={n} k={k}"));
+                if isa < simd::Isa::Avx512 || !simd::has_avx512_bf16() {
+                    let mut exact = vec![f32::NAN; m * n];
+                    cpu::matmul_with(isa, false, &x, w.data().unwrap(), &mut exact, m, n, k);
+                    assert_eq!(out, exact, "{isa:?} m={m} n={n} k={k}: fast differs without AVX512_BF16");
+                }
+            }
         }
+    }
+
+    #[test]
+    fn fast_bf16_path_is_exact_on_bf16_inputs() {
+        // Activations already bf16-representable and small integers: every product and sum is
+        // exact in f32, so the fast kernels must match the reference exactly.
         for &(m, n, k) in SHAPES {
-            let x = fill(m * k, (m + k) as u64);
-            let (w, wf) = weights(DType::BF16, n, k, (n + k) as u64);
-            let (want, scale) = reference(&x, &wf, m, n, k);
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 + 3) % 9) as f32 - 4.0).collect();
+            let wv: Vec<bf16> = (0..n * k).map(|i| bf16::from_f32(((i * 5 + 1) % 7) as f32 - 3.0)).collect();
+            let w = Tensor::from_bf16(&[n, k], wv).unwrap();
+            let (want, _) = reference(&x, &w.to_f32_vec().unwrap(), m, n, k);
             let mut out = vec![f32::NAN; m * n];
-            cpu::matmul_with(simd::Isa::Avx512, true, &x, w.data().unwrap(), &mut out, m, n, k);
-            check(&out, &want, &scale, 4e-3, &format!("bf16dot m={m} n={n} k={k}"));
+            cpu::matmul_with(simd::active(), true, &x, w.data().unwrap(), &mut out, m, n, k);
+            for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                assert_eq!(f64::from(*g), *w, "m={m} n={n} k={k} element {i}");
+            }
         }
     }
 
@@ -178,7 +214,7 @@ mod tests {
     fn op_form_and_leading_dims() {
         let (m, n, k) = (6, 9, 40);
         let x = Tensor::from_f32(&[2, 3, k], fill(m * k, 3)).unwrap();
-        // f16 weights: unaffected by an opt-in RUSTINFER_FAST_BF16=1 in the environment.
+        // f16 weights: Precision::Fast (the default) only changes bf16 weights.
         let (w, wf) = weights(DType::F16, n, k, 4);
         let mut out = Tensor::zeros(&[2, 3, n], DType::F32);
         MatMul.forward(&mut OpContext::new(&[&x, &w], &mut [&mut out])).unwrap();

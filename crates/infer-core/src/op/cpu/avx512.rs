@@ -120,7 +120,7 @@ fn hsum4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
 /// Writes the `R x C` tile of accumulators, reduced, to `out[r * C + c]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn store_tile<const R: usize, const C: usize>(acc: &[[__m512; C]; R], out: &mut [f32]) {
+pub(crate) fn store_tile<const R: usize, const C: usize>(acc: &[[__m512; C]; R], out: &mut [f32]) {
     let out = &mut out[..R * C];
     for r in 0..R {
         if C.is_multiple_of(4) {

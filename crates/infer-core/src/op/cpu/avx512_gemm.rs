@@ -201,14 +201,14 @@ unsafe fn store<const R: usize>(acc: &[[__m512; 2]; R], out: &[*mut f32; R], col
     }
 }
 
-/// f32 micro-kernel: `out[r][c] (+)= Σ_kk x[r][kk] · panel[kk*32 + c]`.
+/// f32 micro-kernel: `out[r][c] (+)= Σ_kk x[kk*R + r] · panel[kk*32 + c]`.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL + FMA; `x[r]` has `kl` readable f32, `panel` has `kl * 32`, `out[r]` has
+/// AVX-512 F/BW/VL + FMA; `x` has `kl * R` readable f32, `panel` has `kl * 32`, `out[r]` has
 /// `cols <= 32` writable f32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
 unsafe fn ukernel_f32<const R: usize>(
-    x: &[*const f32; R],
+    x: *const f32,
     panel: *const f32,
     kl: usize,
     out: &[*mut f32; R],
@@ -217,14 +217,14 @@ unsafe fn ukernel_f32<const R: usize>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for kk in 0..kl {
-        // SAFETY: kk < kl, so panel[kk*32 .. kk*32 + 32] and x[r][kk] are in bounds.
+        // SAFETY: kk < kl, so panel[kk*32 .. kk*32 + 32] and x[kk*R .. kk*R + R] are in bounds.
         unsafe {
             let w0 = _mm512_loadu_ps(panel.add(kk * NR));
             let w1 = _mm512_loadu_ps(panel.add(kk * NR + 16));
-            for r in 0..R {
-                let xb = _mm512_set1_ps(*x[r].add(kk));
-                acc[r][0] = _mm512_fmadd_ps(xb, w0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(xb, w1, acc[r][1]);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xb = _mm512_set1_ps(*x.add(kk * R + r));
+                a[0] = _mm512_fmadd_ps(xb, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(xb, w1, a[1]);
             }
         }
     }
@@ -232,14 +232,14 @@ unsafe fn ukernel_f32<const R: usize>(
     unsafe { store(&acc, out, cols, acc_out) }
 }
 
-/// bf16-pair micro-kernel: `out[r][c] (+)= Σ_p dot2(x[r][p], panel[p*32 + c])`.
+/// bf16-pair micro-kernel: `out[r][c] (+)= Σ_p dot2(x[p*R + r], panel[p*32 + c])`.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL + BF16; `x[r]` has `kp` readable u32 pairs, `panel` has `kp * 32`, `out[r]`
-/// has `cols <= 32` writable f32.
+/// AVX-512 F/BW/VL + BF16; `x` has `kp * R` readable u32 pairs, `panel` has `kp * 32`,
+/// `out[r]` has `cols <= 32` writable f32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn ukernel_bf16<const R: usize>(
-    x: &[*const u32; R],
+    x: *const u32,
     panel: *const u32,
     kp: usize,
     out: &[*mut f32; R],
@@ -248,15 +248,15 @@ unsafe fn ukernel_bf16<const R: usize>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for p in 0..kp {
-        // SAFETY: p < kp, so panel[p*32 .. p*32 + 32] and x[r][p] are in bounds; the vector
-        // transmutes are between same-size plain vector types.
+        // SAFETY: p < kp, so panel[p*32 .. p*32 + 32] and x[p*R .. p*R + R] are in bounds; the
+        // vector transmutes are between same-size plain vector types.
         unsafe {
             let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(panel.add(p * NR).cast()));
             let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(panel.add(p * NR + 16).cast()));
-            for r in 0..R {
-                let xb: __m512bh = std::mem::transmute(_mm512_set1_epi32(*x[r].add(p) as i32));
-                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xb, w0);
-                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xb, w1);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xb: __m512bh = std::mem::transmute(_mm512_set1_epi32(*x.add(p * R + r) as i32));
+                a[0] = _mm512_dpbf16_ps(a[0], xb, w0);
+                a[1] = _mm512_dpbf16_ps(a[1], xb, w1);
             }
         }
     }
@@ -264,26 +264,20 @@ unsafe fn ukernel_bf16<const R: usize>(
     unsafe { store(&acc, out, cols, acc_out) }
 }
 
-/// Checks the slices and returns raw row pointers (x rows `units` long, out rows `cols` long).
-fn ptrs<const R: usize, X>(
-    x: &[&[X]],
-    units: usize,
-    out: &mut [&mut [f32]],
-    cols: usize,
-) -> ([*const X; R], [*mut f32; R]) {
-    assert!(x.len() == R && out.len() == R && cols <= NR, "bad micro-kernel tile");
-    let mut xp = [std::ptr::null(); R];
+/// Checks the slices and returns the raw pointers (`x` holds `units * R` elements, out rows
+/// are `cols` long).
+fn ptrs<const R: usize, X>(x: &[X], units: usize, out: &mut [&mut [f32]], cols: usize) -> (*const X, [*mut f32; R]) {
+    assert!(x.len() >= units * R && out.len() == R && cols <= NR, "bad micro-kernel tile");
     let mut op = [std::ptr::null_mut(); R];
     for r in 0..R {
-        xp[r] = x[r][..units].as_ptr();
         op[r] = out[r][..cols].as_mut_ptr();
     }
-    (xp, op)
+    (x.as_ptr(), op)
 }
 
 macro_rules! dispatch_rows {
     ($f:ident, $cpu:expr, $x:expr, $panel:expr, $units:expr, $out:expr, $acc:expr) => {
-        match $x.len() {
+        match $out.len() {
             1 => $f::<1>($cpu, $x, $panel, $units, $out, $acc),
             2 => $f::<2>($cpu, $x, $panel, $units, $out, $acc),
             3 => $f::<3>($cpu, $x, $panel, $units, $out, $acc),
@@ -303,36 +297,48 @@ macro_rules! dispatch_rows {
     };
 }
 
-fn run_f32<const R: usize>(_cpu: Avx512, x: &[&[f32]], panel: &[f32], kl: usize, out: &mut [&mut [f32]], acc: bool) {
+fn run_f32<const R: usize>(_cpu: Avx512, x: &[f32], panel: &[f32], kl: usize, out: &mut [&mut [f32]], acc: bool) {
     let cols = out.first().map_or(0, |o| o.len());
     let (xp, op) = ptrs::<R, f32>(x, kl, out, cols);
     let panel = &panel[..kl * NR];
     // SAFETY: `_cpu` proves the features; `ptrs` and the slicing above checked every length.
-    unsafe { ukernel_f32::<R>(&xp, panel.as_ptr(), kl, &op, cols, acc) }
+    unsafe { ukernel_f32::<R>(xp, panel.as_ptr(), kl, &op, cols, acc) }
 }
 
-fn run_bf16<const R: usize>(
-    _cpu: Avx512Bf16,
-    x: &[&[u32]],
-    panel: &[u32],
-    kp: usize,
-    out: &mut [&mut [f32]],
-    acc: bool,
-) {
+fn run_bf16<const R: usize>(_cpu: Avx512Bf16, x: &[u32], panel: &[u32], kp: usize, out: &mut [&mut [f32]], acc: bool) {
     let cols = out.first().map_or(0, |o| o.len());
     let (xp, op) = ptrs::<R, u32>(x, kp, out, cols);
     let panel = &panel[..kp * NR];
     // SAFETY: `_cpu` proves the features; `ptrs` and the slicing above checked every length.
-    unsafe { ukernel_bf16::<R>(&xp, panel.as_ptr(), kp, &op, cols, acc) }
+    unsafe { ukernel_bf16::<R>(xp, panel.as_ptr(), kp, &op, cols, acc) }
 }
 
-/// `out[r][c] (+)= Σ x[r][kk] · panel[kk*32 + c]` for `r < x.len() <= MR`, `c < out[r].len()
-/// <= 32` (all `out` rows the same length); adds to `out` when `acc`, else overwrites.
-pub(crate) fn micro_f32(cpu: Avx512, x: &[&[f32]], panel: &[f32], kl: usize, out: &mut [&mut [f32]], acc: bool) {
+/// `out[r][c] (+)= Σ_kk x[kk * R + r] · panel[kk*32 + c]` for `R = out.len() <= 14` rows (the
+/// activations interleaved by [`interleave_rows`]), `c < out[r].len() <= 32` (all `out` rows
+/// the same length); adds to `out` when `acc`, else overwrites.
+pub(crate) fn micro_f32(cpu: Avx512, x: &[f32], panel: &[f32], kl: usize, out: &mut [&mut [f32]], acc: bool) {
     dispatch_rows!(run_f32, cpu, x, panel, kl, out, acc)
 }
 
-/// As [`micro_f32`] over `kp` bf16 pairs (`x` rows and `panel` hold pairs packed in u32).
-pub(crate) fn micro_bf16(cpu: Avx512Bf16, x: &[&[u32]], panel: &[u32], kp: usize, out: &mut [&mut [f32]], acc: bool) {
+/// As [`micro_f32`] over `kp` bf16 pairs (`x` and `panel` hold pairs packed in u32).
+pub(crate) fn micro_bf16(cpu: Avx512Bf16, x: &[u32], panel: &[u32], kp: usize, out: &mut [&mut [f32]], acc: bool) {
     dispatch_rows!(run_bf16, cpu, x, panel, kp, out, acc)
+}
+
+/// Interleaves `m` rows of `units` elements (row `r` at `src[r * stride..]`) in blocks of
+/// [`MR`] rows: the block of rows `r0..r0 + rl` is stored at `r0 * units`, element `u` of its
+/// row `r0 + r` at `r0 * units + u * rl + r`, so a micro-kernel reads one contiguous stream.
+pub(crate) fn interleave_rows<X: Copy + Default>(src: &[X], stride: usize, m: usize, units: usize) -> Vec<X> {
+    let mut out = vec![X::default(); m * units];
+    for r0 in (0..m).step_by(MR) {
+        let rl = MR.min(m - r0);
+        let block = &mut out[r0 * units..(r0 + rl) * units];
+        for r in 0..rl {
+            let row = &src[(r0 + r) * stride..(r0 + r) * stride + units];
+            for (u, v) in row.iter().enumerate() {
+                block[u * rl + r] = *v;
+            }
+        }
+    }
+    out
 }

@@ -110,6 +110,48 @@ pub(crate) fn gemv<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut 
     });
 }
 
+/// Fast decode (AVX512_BF16): `m <= 4` rows rounded to bf16 pairs once, bf16 weights dotted
+/// with `vdpbf16ps` on full 64-byte lines (see `avx512_gemv`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemv_bf16dot(
+    cpu: super::avx512::Avx512Bf16,
+    x: &[f32],
+    w: &[half::bf16],
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    use super::avx512_gemv::{NARROW, RMAX, WIDE, dots};
+    debug_assert!(m <= RMAX && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    let stride = padded_stride(k.div_ceil(2));
+    let mut xp = vec![0u32; m * stride];
+    super::avx512_gemm::round_pairs(cpu, x, m, k, &mut xp);
+    let cols = if m <= 2 { WIDE } else { NARROW };
+    let nb = block_cols(m, n, k, cols, GEMV_MIN_TASK_BYTES.div_ceil(2 * k.max(1)));
+    let mut xr: [&[u32]; RMAX] = [&[]; RMAX];
+    for (r, slot) in xr.iter_mut().enumerate().take(m) {
+        *slot = &xp[r * stride..r * stride + k.div_ceil(2)];
+    }
+    let xr = &xr[..m];
+    par_col_blocks(out, m, n, nb, |c0, rows| {
+        let ncols = rows.first().map_or(0, |r| r.len());
+        let mut acc = [0.0f32; RMAX * WIDE];
+        let mut wr: [&[half::bf16]; WIDE] = [&[]; WIDE];
+        for cg in (0..ncols).step_by(cols) {
+            let cl = cols.min(ncols - cg);
+            for (j, slot) in wr.iter_mut().enumerate().take(cl) {
+                let row = c0 + cg + j;
+                *slot = &w[row * k..(row + 1) * k];
+            }
+            dots(cpu, xr, &wr[..cl], k, &mut acc);
+            for (r, out_row) in rows.iter_mut().enumerate() {
+                out_row[cg..cg + cl].copy_from_slice(&acc[r * cl..(r + 1) * cl]);
+            }
+        }
+    });
+}
+
 /// Blocked dot-product matmul: weight panels are widened to f32 once per `KC` slice, then
 /// `RMAX x CMAX` tiles of dot products run against them for every row block.
 pub(crate) fn gemm<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
@@ -173,9 +215,9 @@ pub(crate) fn gemm_packed_f32<W: super::avx512::Load>(
     n: usize,
     k: usize,
 ) {
-    use super::avx512_gemm::{micro_f32, pack_f32};
-    let (stride, xp) = pad_rows(x, m, k);
-    let x = Rows { x: &xp, stride, per_unit: 1 };
+    use super::avx512_gemm::{interleave_rows, micro_f32, pack_f32};
+    let xp = interleave_rows(x, k, m, k);
+    let x = Rows { x: &xp, units: k, per_unit: 1 };
     packed(
         x,
         out,
@@ -199,11 +241,12 @@ pub(crate) fn gemm_packed_bf16dot(
     n: usize,
     k: usize,
 ) {
-    use super::avx512_gemm::{micro_bf16, pack_bf16_pairs, round_pairs};
+    use super::avx512_gemm::{interleave_rows, micro_bf16, pack_bf16_pairs, round_pairs};
     let stride = padded_stride(k.div_ceil(2));
     let mut xp = vec![0u32; m * stride];
     round_pairs(cpu, x, m, k, &mut xp);
-    let x = Rows { x: &xp, stride, per_unit: 2 };
+    let xp = interleave_rows(&xp, stride, m, k.div_ceil(2));
+    let x = Rows { x: &xp, units: k.div_ceil(2), per_unit: 2 };
     packed(
         x,
         out,
@@ -215,13 +258,13 @@ pub(crate) fn gemm_packed_bf16dot(
     );
 }
 
-/// Activation rows for [`packed`]: row `r` starts at `r * stride`; one unit covers `per_unit`
-/// k elements (1 for f32, 2 for bf16 pairs).
+/// Activation rows for [`packed`], interleaved in blocks of `MR` rows (`interleave_rows`), each
+/// row `units` long; one unit covers `per_unit` k elements (1 for f32, 2 for bf16 pairs).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Rows<'a, X> {
     x: &'a [X],
-    stride: usize,
+    units: usize,
     per_unit: usize,
 }
 
@@ -241,7 +284,7 @@ fn packed<X, P, Pack, Micro>(
     X: Sync,
     P: Copy + Default + Send,
     Pack: Fn((usize, usize), (usize, usize), &mut [P]) + Sync + Send,
-    Micro: Fn(&[&[X]], &[P], usize, &mut [&mut [f32]], bool) + Sync + Send,
+    Micro: Fn(&[X], &[P], usize, &mut [&mut [f32]], bool) + Sync + Send,
 {
     use super::avx512_gemm::{MR, NR, panel_len};
     let kc = round_up(k.min(kc), 2);
@@ -250,7 +293,6 @@ fn packed<X, P, Pack, Micro>(
     par_col_blocks(out, m, n, nb, |c0, rows| {
         let ncols = rows.first().map_or(0, |r| r.len());
         let mut panel = vec![P::default(); panel_len(panel_cols.min(ncols), kc.div_ceil(x.per_unit))];
-        let mut xs: [&[X]; MR] = [&[]; MR];
         for k0 in (0..k).step_by(kc) {
             let kl = kc.min(k - k0);
             let (u0, units) = (k0 / x.per_unit, kl.div_ceil(x.per_unit));
@@ -259,17 +301,15 @@ fn packed<X, P, Pack, Micro>(
                 pack((c0 + p0, pl), (k0, kl), &mut panel);
                 for r0 in (0..m).step_by(MR) {
                     let rl = MR.min(m - r0);
-                    for (i, slot) in xs.iter_mut().enumerate().take(rl) {
-                        let at = (r0 + i) * x.stride + u0;
-                        *slot = &x.x[at..at + units];
-                    }
+                    let at = r0 * x.units + u0 * rl;
+                    let xs = &x.x[at..at + units * rl];
                     for j in (0..pl).step_by(NR) {
                         let cl = NR.min(pl - j);
                         let mut outs: [&mut [f32]; MR] = Default::default();
                         for (o, row) in outs.iter_mut().zip(rows[r0..r0 + rl].iter_mut()) {
                             *o = &mut row[p0 + j..p0 + j + cl];
                         }
-                        micro(&xs[..rl], &panel[(j / NR) * units * NR..], units, &mut outs[..rl], k0 > 0);
+                        micro(xs, &panel[(j / NR) * units * NR..], units, &mut outs[..rl], k0 > 0);
                     }
                 }
             }

@@ -22,8 +22,10 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_gemm;
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemv;
 
-pub use simd::{Isa, fast_bf16, isa, set_fast_bf16};
+pub use simd::{Isa, isa};
 pub use vec::{axpy_f32, dot_f32};
 
 use super::Precision;
@@ -63,7 +65,7 @@ pub fn matmul_nt(
             Precision::Exact => matmul_dequant_rows(dtype, bytes, x, out, m, n, k),
         };
     }
-    matmul_with(simd::active(), precision == Precision::Fast && fast_bf16(), x, w, out, m, n, k);
+    matmul_with(simd::active(), precision == Precision::Fast, x, w, out, m, n, k);
     Ok(())
 }
 
@@ -120,8 +122,8 @@ fn check_len(what: &str, len: usize, rows: usize, cols: usize) -> Result<()> {
     Ok(())
 }
 
-/// [`matmul_nt`] on a given kernel family (capped to what the CPU supports), with the fast
-/// bf16 path on or off. Lengths must already be checked.
+/// [`matmul_nt`] on a given kernel family (capped to what the CPU supports); `fast` allows
+/// bf16-rounded activations ([`Precision::Fast`]). Lengths must already be checked.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_with(
     isa: Isa,
@@ -139,6 +141,14 @@ pub(crate) fn matmul_with(
     if k == 0 {
         out.fill(0.0);
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512
+        && fast
+        && m <= GEMV_MAX_ROWS
+        && let (TensorData::BF16(w), Some(bf)) = (w, avx512::Avx512Bf16::new())
+    {
+        return gemm::gemv_bf16dot(bf, x, w, out, m, n, k);
     }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512

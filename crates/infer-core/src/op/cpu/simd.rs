@@ -12,11 +12,10 @@
 //! ([`has_avx512_vnni`]), else the AVX2 integer kernels.
 //!
 //! `RUSTINFER_ISA=scalar|avx2|avx512` caps the choice (for comparisons and tests); it can never
-//! select an instruction set the CPU lacks. Independently, the opt-in "fast bf16" prefill path
-//! (AVX512_BF16 `vdpbf16ps`, see [`set_fast_bf16`]) rounds activations to bf16 and is off by default.
+//! select an instruction set the CPU lacks. On top of AVX-512, AVX512_BF16 (`vdpbf16ps`) serves
+//! [`Precision::Fast`](crate::op::Precision) matmuls over bf16 weights (activations rounded to bf16).
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A family of kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,10 +104,10 @@ pub fn detected() -> Isa {
     features().detected
 }
 
-/// Name of the active matmul path for logs: `"avx512"`, `"avx512+bf16dot"` (fast bf16 prefill
-/// on), `"avx2"` or `"scalar"`.
+/// Name of the active kernel family for logs: `"avx512"`, `"avx512+bf16"` (with AVX512_BF16,
+/// used by [`Precision::Fast`](crate::op::Precision) on bf16 weights), `"avx2"` or `"scalar"`.
 pub fn isa() -> &'static str {
-    if fast_bf16() { "avx512+bf16dot" } else { active().name() }
+    if has_avx512_bf16() { "avx512+bf16" } else { active().name() }
 }
 
 /// Whether the CPU has AVX512_BF16 and the AVX-512 kernels are active.
@@ -127,31 +126,6 @@ pub fn available() -> Vec<Isa> {
     [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|&i| i <= detected()).collect()
 }
 
-fn fast_flag() -> &'static AtomicBool {
-    static FAST: OnceLock<AtomicBool> = OnceLock::new();
-    FAST.get_or_init(|| {
-        let on = std::env::var("RUSTINFER_FAST_BF16").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "on" | "yes"));
-        AtomicBool::new(on)
-    })
-}
-
-/// Turns the fast bf16 prefill path on or off (default off, or `RUSTINFER_FAST_BF16=1`).
-///
-/// When on and the CPU has AVX512_BF16, matmuls with bf16 weights and more than a few rows
-/// round the activations to bf16 (round-to-nearest-even, 8 significant bits) and use
-/// `vdpbf16ps`, which doubles the FLOP rate, as llama.cpp does. Products are exact and
-/// accumulate in f32, but the activation rounding adds a relative error of up to 2^-9 per
-/// element (typically ~1e-3 relative on a dot product, instead of ~1e-6 on the f32 path).
-/// Decode (1-4 rows) is memory-bound and always keeps f32 activations.
-pub fn set_fast_bf16(on: bool) {
-    fast_flag().store(on, Ordering::Relaxed);
-}
-
-/// Whether the fast bf16 path is requested *and* available.
-pub fn fast_bf16() -> bool {
-    fast_flag().load(Ordering::Relaxed) && has_avx512_bf16()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +135,7 @@ mod tests {
         assert!(active() <= detected());
         assert!(available().contains(&Isa::Scalar));
         assert!(available().contains(&active()));
-        assert!(["scalar", "avx2", "avx512", "avx512+bf16dot"].contains(&isa()));
+        assert!(["scalar", "avx2", "avx512", "avx512+bf16"].contains(&isa()));
         assert_eq!(Isa::parse(" AVX2 "), Some(Isa::Avx2));
         assert_eq!(Isa::parse("sse"), None);
     }
