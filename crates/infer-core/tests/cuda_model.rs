@@ -205,13 +205,13 @@ fn tiny_q8_0_gguf_on_gpu() {
     let opts = ConvertOptions { dtype: infer_core::DType::Q8_0, pre: None, progress: false };
     convert_hf_to_gguf(&tiny_dir(), &path, &opts).expect("converts");
     let cpu_opts = LoadOptions {
-        context_length: Some(256),
+        context_length: Some(512),
         progress: false,
         precision: Precision::Exact,
         ..LoadOptions::default()
     };
     let mut cpu = Llama3::load(&path, cpu_opts).expect("CPU loads the GGUF");
-    let mut gpu = load(&path, DeviceType::Cuda(0), 256);
+    let mut gpu = load(&path, DeviceType::Cuda(0), 512);
     let g = golden();
     let vocab = cpu.config().vocab_size;
     for case in &g.cases {
