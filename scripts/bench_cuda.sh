@@ -15,7 +15,7 @@ model=${MODEL:-/tmp/llama-3.2-1b-random}
   python3 "$(dirname "$0")/make_random_llama.py" --out "$model" --shape llama-3.2-1b --tokenizer-from "$(dirname "$0")/../tests/fixtures/tiny-llama3"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$out/gpu.txt"
 RUSTINFER_MODEL=$model "$bin" test_llama3_cuda_performance --ignored --nocapture --test-threads=1 2>&1 | tee "$out/rustinfer.txt"
-timeout 300 python3 "$(dirname "$0")/bench_hf.py" "$model" 2>&1 | grep -v Warning | tail -3 | tee "$out/hf.txt"
+[ "${HF_EAGER:-1}" = 1 ] && timeout 300 python3 "$(dirname "$0")/bench_hf.py" "$model" 2>&1 | grep -v Warning | tail -3 | tee "$out/hf.txt"
 timeout 400 python3 "$(dirname "$0")/bench_hf.py" "$model" --compile 2>&1 | tail -3 | tee "$out/hf_compile.txt"
 if [ -n "${LLAMA_CPP:-}" ]; then
   gguf=$model/model-bf16.gguf
