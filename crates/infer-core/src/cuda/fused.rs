@@ -125,28 +125,3 @@ pub fn add_bf16_to_f32(x: &mut Tensor, delta: &Tensor) -> Result<()> {
         unsafe { ffi::infer_add_bf16_to_f32(ptr_mut(x)? as *mut f32, ptr(delta)?, n, dev.stream.cu_stream() as _) };
     ffi::check(OP, st)
 }
-
-/// `out = rms_norm(x) * weight` without touching `x` (x f32, weight/out bf16).
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
-    const OP: &str = "rms_norm";
-    let dev = dev_of(OP, x)?;
-    let (rows, dim) = x.dims2(OP)?;
-    expect(OP, "x", x, DType::F32, &dev)?;
-    expect(OP, "weight", weight, DType::BF16, &dev)?;
-    expect(OP, "output", out, DType::BF16, &dev)?;
-    // SAFETY: x [rows, dim] f32 is only read (delta is NULL, the kernel's "no residual add"),
-    // weight [dim] and out [rows, dim] bf16 — shapes checked by the op; all on this stream.
-    let st = unsafe {
-        ffi::infer_add_rms_norm_bf16(
-            ptr(x)? as *mut f32,
-            std::ptr::null(),
-            ptr(weight)?,
-            ptr_mut(out)?,
-            int(OP, rows)?,
-            int(OP, dim)?,
-            eps,
-            dev.stream.cu_stream() as _,
-        )
-    };
-    ffi::check(OP, st)
-}

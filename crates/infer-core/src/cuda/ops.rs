@@ -99,6 +99,25 @@ pub fn embedding_dev(ids: &DeviceI32, n: usize, table: &Tensor, out: &mut Tensor
 
 /// `x += delta; out = rms_norm(x) * weight` with x f32, delta/weight/out bf16.
 pub fn add_rms_norm(x: &mut Tensor, delta: Option<&Tensor>, weight: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
+    let x_ptr = ptr_mut(x)? as *mut f32;
+    norm_launch(x, x_ptr, delta, weight, eps, out)
+}
+
+/// `out = rms_norm(x) * weight` without touching `x` (x f32, weight/out bf16).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor) -> Result<()> {
+    // The kernel writes x only when delta is given; here it is NULL, so x is only read.
+    norm_launch(x, ptr(x)? as *mut f32, None, weight, eps, out)
+}
+
+/// The checks and launch behind [`add_rms_norm`] / [`rms_norm`]; `x_ptr` is `x`'s device address.
+fn norm_launch(
+    x: &Tensor,
+    x_ptr: *mut f32,
+    delta: Option<&Tensor>,
+    weight: &Tensor,
+    eps: f32,
+    out: &mut Tensor,
+) -> Result<()> {
     const OP: &str = "add_rms_norm";
     let dev = dev_of(OP, x)?;
     let (rows, dim) = x.dims2(OP)?;
@@ -118,11 +137,12 @@ pub fn add_rms_norm(x: &mut Tensor, delta: Option<&Tensor>, weight: &Tensor, eps
         }
         None => std::ptr::null(),
     };
-    // SAFETY: x/out are [rows, dim] (f32 / bf16), weight [dim] bf16, delta [rows, dim] bf16 or
-    // NULL (the kernel's documented "no residual add"); all on this device's stream.
+    // SAFETY: x_ptr is x's [rows, dim] f32 buffer (written only when delta is non-NULL, and then
+    // the caller holds x mutably), out [rows, dim] bf16, weight [dim] bf16, delta [rows, dim]
+    // bf16 or NULL (the kernel's documented "no residual add"); all on this device's stream.
     let st = unsafe {
         ffi::infer_add_rms_norm_bf16(
-            ptr_mut(x)? as *mut f32,
+            x_ptr,
             d,
             ptr(weight)?,
             ptr_mut(out)?,

@@ -18,7 +18,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor) -> Resu
     }
     #[cfg(feature = "cuda")]
     if x.is_cuda() {
-        return crate::cuda::fused::rms_norm(x, weight, eps, out);
+        return crate::cuda::ops::rms_norm(x, weight, eps, out);
     }
     let mut w = vec![0f32; dim];
     weight.data()?.copy_to_f32(0, &mut w)?;
