@@ -20,6 +20,7 @@ use super::writer::{GgufWriter, StreamedTensor};
 use crate::base::{Error, Result};
 use crate::model::config::{LlamaConfig, RopeScaling};
 use crate::model::safetensors::WeightStore;
+use crate::op::rope::inv_frequencies;
 use crate::tensor::DType;
 use crate::tensor::quantize::quantize_to_vec;
 
@@ -109,28 +110,16 @@ struct Plan {
     fallback_from: Option<DType>,
 }
 
-/// llama.cpp's `rope_freqs.weight` for Llama 3 scaling: the divisor of each inverse frequency.
+/// llama.cpp's `rope_freqs.weight` for Llama 3 scaling: the divisor of each inverse frequency
+/// (the unscaled inverse frequency over the scaled one, from [`inv_frequencies`]).
 fn llama3_rope_freqs(c: &LlamaConfig) -> Option<(Vec<f32>, f64)> {
-    let Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: orig }) =
-        c.rope_scaling
-    else {
+    let scaling = c.rope_scaling.as_ref();
+    let Some(&RopeScaling::Llama3 { original_max_position_embeddings: orig, .. }) = scaling else {
         return None;
     };
-    let (hd, theta) = (c.head_dim, c.rope_theta);
-    let freqs = (0..hd / 2)
-        .map(|i| {
-            let wavelen = 2.0 * std::f64::consts::PI * theta.powf((2 * i) as f64 / hd as f64);
-            if wavelen < orig / high_freq_factor {
-                1.0
-            } else if wavelen > orig / low_freq_factor {
-                factor as f32
-            } else {
-                let smooth = (orig / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
-            }
-        })
-        .collect();
-    Some((freqs, orig))
+    let base = inv_frequencies(c.head_dim, c.rope_theta, None);
+    let scaled = inv_frequencies(c.head_dim, c.rope_theta, scaling);
+    Some((base.iter().zip(&scaled).map(|(b, s)| (b / s) as f32).collect(), orig))
 }
 
 /// `general.*` and `llama.*` keys.
