@@ -200,7 +200,8 @@ static cudaError_t launch_gemv_out(const GemvArgs &a, int out, cudaStream_t s) {
         case OUT_BF16: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_BF16>), grid, block, smem, s, a); break;
         case OUT_F32: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_F32>), grid, block, smem, s, a); break;
         default:
-            if (M == 1) INFER_LAUNCH((gemv_kernel<1, R, U, IN, OUT_ADD_F32>), grid, block, smem, s, a);
+            if (M != 1) return cudaErrorInvalidValue;  // the residual epilogue is for one row
+            INFER_LAUNCH((gemv_kernel<1, R, U, IN, OUT_ADD_F32>), grid, block, smem, s, a);
             break;
     }
     return cudaGetLastError();
