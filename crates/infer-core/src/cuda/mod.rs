@@ -6,6 +6,7 @@ pub mod device;
 pub mod ffi;
 pub mod fused;
 pub mod ops;
+pub mod paged;
 pub mod quant;
 pub mod sample;
 pub mod storage;
