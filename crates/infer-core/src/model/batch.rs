@@ -28,7 +28,7 @@ impl Llama3 {
 
     /// Runs every item in one batched pass and returns the logits `[n, vocab]` of the items
     /// with `logits` set, in item order.
-    pub fn forward_batch(&mut self, cache: &mut PagedKvCache, items: &[BatchItem]) -> Result<&Tensor> {
+    pub fn forward_batch(&mut self, cache: &mut PagedKvCache, items: &[BatchItem]) -> Result<&mut Tensor> {
         let (bs, vocab, ctx) = (cache.block_size(), self.config.vocab_size, self.context_length());
         if items.is_empty() {
             return Err(Error::InvalidArgument("a batched forward needs at least one sequence".into()));
@@ -84,7 +84,7 @@ impl Llama3 {
         if n_logits > 0 {
             self.lm_head(0, n_logits)?;
         }
-        Ok(&self.ws.logits)
+        Ok(&mut self.ws.logits)
     }
 }
 
