@@ -54,6 +54,14 @@ impl Scheduler {
     }
 
     pub fn run(mut self) {
+        #[cfg(feature = "cuda")]
+        if let crate::base::DeviceType::Cuda(n) = self.model.device() {
+            // Kernels launched from this thread use the current context.
+            if let Err(e) = crate::cuda::device(n).and_then(|d| d.bind()) {
+                self.fail_all(&format!("cannot use cuda:{n} on the engine thread: {e}"));
+                return;
+            }
+        }
         while self.take_commands() {
             let t0 = Instant::now();
             self.admit();
@@ -73,10 +81,23 @@ impl Scheduler {
             }
             self.publish();
         }
+        self.fail_all("server shutting down");
+    }
+
+    /// Fails every running, waiting and still-queued request with `msg`; refuses new ones.
+    fn fail_all(&mut self, msg: &str) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        let queued = self.shared.inbox.lock().map(|mut i| std::mem::take(&mut *i)).unwrap_or_default();
+        for c in queued {
+            if let Command::Submit(_, _, mut sink) = c {
+                self.shared.counters.requests_waiting.fetch_sub(1, Ordering::AcqRel);
+                sink(EngineEvent::Failed(msg.to_string()));
+            }
+        }
         let all: Vec<RequestId> = self.running.iter().chain(&self.waiting).map(|s| s.id).collect();
         for id in all {
             if let Some(mut s) = self.remove(id) {
-                s.emit(EngineEvent::Failed("server shutting down".into()));
+                s.emit(EngineEvent::Failed(msg.to_string()));
             }
         }
         self.publish();

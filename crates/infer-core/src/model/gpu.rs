@@ -42,6 +42,12 @@ pub(crate) struct GpuState {
     pub device_next: Option<u32>,
 }
 
+// SAFETY: the only non-Send fields are the captured graphs' raw CUgraph/CUgraphExec handles,
+// owned exclusively by this state (never shared or aliased). CUDA driver handles belong to a
+// context, not to a thread; a thread that takes the model over binds the device's context before
+// replaying (the serving engine's scheduler thread does so first thing).
+unsafe impl Send for GpuState {}
+
 impl GpuState {
     pub fn new(ordinal: usize, chunk: usize, vocab: usize) -> Result<Self> {
         let dev = crate::cuda::device(ordinal)?;
