@@ -15,6 +15,20 @@ pub struct DevicePagedMeta {
     _private: (),
 }
 
+impl DevicePagedMeta {
+    pub fn new(_dev: &std::sync::Arc<super::CudaDevice>) -> Result<Self> {
+        Ok(DevicePagedMeta { _private: () })
+    }
+
+    pub fn reserve(&mut self, _len: usize) -> Result<()> {
+        Ok(())
+    }
+
+    pub fn upload(&mut self, _meta: &PagedMeta) -> Result<()> {
+        Err(Error::op("paged_meta", "the CUDA paged KV cache is not built yet"))
+    }
+}
+
 /// See [`crate::op::rope_kv_paged::rope_kv_paged`]; bf16 tensors on one device.
 pub fn rope_kv_paged(
     _qkv: &Tensor,
