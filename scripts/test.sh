@@ -13,4 +13,4 @@ export RUSTINFER_SMOLLM2
 cargo test --workspace
 export CUDA_HOME=${CUDA_HOME:-/opt/cuda-pip/nvidia/cu13}
 cargo clippy --workspace --all-targets --features infer-core/cuda -- -D warnings
-cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant --test cuda_engine
+cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant --test cuda_engine --test cuda_paged
