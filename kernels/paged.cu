@@ -351,7 +351,7 @@ static PagedPlan paged_plan(int rows, int n_heads, int n_kv_heads, int max_ctx) 
 static bool paged_sizes_ok(int rows, int n_heads, int n_kv_heads, int head_dim, int block_size, int max_blocks) {
     const int tpr = head_dim / 8;
     return rows >= 1 && rows <= 65535 && n_heads >= 1 && n_kv_heads >= 1 && n_heads % n_kv_heads == 0 &&
-           head_dim % 8 == 0 && tpr >= 4 && tpr <= 32 && (tpr & (tpr - 1)) == 0 && block_size >= 1 &&
+           head_dim % 8 == 0 && tpr >= 2 && tpr <= 32 && (tpr & (tpr - 1)) == 0 && block_size >= 1 &&
            max_blocks >= 1 && (long long)block_size * max_blocks <= 0x7fffffffLL;
 }
 
@@ -366,6 +366,7 @@ extern "C" size_t infer_paged_attention_workspace_bytes(int rows, int n_heads, i
 template <int HB>
 static cudaError_t paged_launch_hb(dim3 grid, const PagedArgs &a, int head_dim, cudaStream_t s) {
     switch (head_dim) {
+        case 16: INFER_LAUNCH(paged_attn_kernel<HB, 2>, grid, dim3(PA_THREADS), 0, s, a); break;
         case 32: INFER_LAUNCH(paged_attn_kernel<HB, 4>, grid, dim3(PA_THREADS), 0, s, a); break;
         case 64: INFER_LAUNCH(paged_attn_kernel<HB, 8>, grid, dim3(PA_THREADS), 0, s, a); break;
         case 128: INFER_LAUNCH(paged_attn_kernel<HB, 16>, grid, dim3(PA_THREADS), 0, s, a); break;

@@ -232,8 +232,8 @@ pub fn paged_attention(
     for (what, t) in [("q", q), ("k pool", k_pool), ("v pool", v_pool), ("output", &*out)] {
         expect(OP, what, t, DType::BF16, &dev)?;
     }
-    if !matches!(hd, 32 | 64 | 128 | 256) {
-        return Err(Error::op(OP, format!("head_dim {hd} not supported on CUDA (32, 64, 128 or 256)")));
+    if !matches!(hd, 16 | 32 | 64 | 128 | 256) {
+        return Err(Error::op(OP, format!("head_dim {hd} not supported on CUDA (16, 32, 64, 128 or 256)")));
     }
     let (rows_i, nh, nkv, hd_i) = (int(OP, rows)?, int(OP, n_heads)?, int(OP, n_kv)?, int(OP, hd)?);
     let (bs_i, mb) = (int(OP, bs)?, int(OP, meta.max_blocks)?);
