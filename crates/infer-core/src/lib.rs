@@ -10,6 +10,7 @@
 pub mod base;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod engine;
 pub mod model;
 pub mod op;
 pub mod tensor;

@@ -69,15 +69,15 @@ fn rate(n: usize, ms: f64) -> f64 {
 }
 
 /// Holds back text that might be the start of a stop string.
-struct StopScanner<'a> {
-    stops: &'a [String],
-    emitted: usize,
+pub(crate) struct StopScanner<'a> {
+    pub(crate) stops: &'a [String],
+    pub(crate) emitted: usize,
 }
 
 impl StopScanner<'_> {
     /// Appends nothing itself: given the full text so far, returns `(delta to emit, stopped)`,
     /// truncating `text` at a stop string when one appears.
-    fn scan(&mut self, text: &mut String, finished: bool) -> (String, bool) {
+    pub(crate) fn scan(&mut self, text: &mut String, finished: bool) -> (String, bool) {
         let longest = self.stops.iter().map(|s| s.len()).max().unwrap_or(0);
         let mut from = self.emitted.saturating_sub(longest);
         while !text.is_char_boundary(from) {

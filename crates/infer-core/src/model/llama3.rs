@@ -11,6 +11,7 @@ use super::config::LlamaConfig;
 #[cfg(feature = "cuda")]
 use super::gpu::Select;
 use super::kv_cache::KvCache;
+use super::paged_kv::PagedKvCache;
 use super::safetensors::WeightStore;
 use super::sampler::{SamplerConfig, from_generation_config};
 use super::tokenizer::{HfTokenizer, Tokenizer};
@@ -24,12 +25,21 @@ use crate::op::matmul::matmul_with_precision;
 use crate::op::swiglu_matmul_add::swiglu_matmul_add;
 use crate::op::{Positions, Precision, attention::attention, matmul_add::matmul_add};
 use crate::op::{norm_linear::norm_linear, rms_norm::rms_norm, rope::RopeTable, rope_kv::rope_kv};
+use crate::op::{paged::PagedMeta, paged_attention::paged_attention, rope_kv_paged::rope_kv_paged};
 use crate::tensor::{DType, Tensor};
 
 /// Default KV-cache length when the user does not choose one.
 pub const DEFAULT_CONTEXT: usize = 4096;
 /// Longest chunk of prompt processed by one batched forward pass.
 pub const PREFILL_CHUNK: usize = 512;
+
+/// Where a forward pass keeps its keys and values.
+pub(crate) enum Kv<'a> {
+    /// The model's own contiguous cache, the chunk starting at this position.
+    Own(usize),
+    /// A serving engine's paged cache, rows placed by the metadata.
+    Paged(&'a mut PagedKvCache, &'a PagedMeta<'a>),
+}
 
 /// How to load a model.
 #[derive(Debug, Clone)]
@@ -156,7 +166,7 @@ pub struct Llama3 {
     pub(crate) eos_ids: Vec<u32>,
     pub(crate) cache: KvCache,
     rope: RopeTable,
-    ws: Workspace,
+    pub(crate) ws: Workspace,
     /// Token ids whose K/V are in the cache, in order (enables prefix reuse across calls).
     pub(crate) cached_ids: Vec<u32>,
     /// Result of a CPU `greedy_launch`, handed out by `greedy_wait`.
@@ -372,32 +382,41 @@ impl Llama3 {
             g.pos.set(&[pos0 as i32])?;
             g.device_next = None;
         }
-        self.run_layers(ids, pos0)
+        self.run_layers(ids, Kv::Own(pos0))
     }
 
     /// Embedding, every decoder layer and the final norm over the workspace (already sized to
-    /// `ids.len()` rows; on a GPU the ids and position are already in device memory, which is
-    /// what a captured decode step reads).
-    fn run_layers(&mut self, ids: &[u32], pos0: usize) -> Result<()> {
+    /// `ids.len()` rows). With [`Kv::Own`] on a GPU the ids and position are already in device
+    /// memory, which is what a captured decode step reads.
+    pub(crate) fn run_layers(&mut self, ids: &[u32], mut kv: Kv<'_>) -> Result<()> {
         let c = &self.config;
         let eps = c.rms_norm_eps as f32;
         let ws = &mut self.ws;
         #[cfg(feature = "cuda")]
-        let (dev_pos, dev_ids) = match self.gpu.as_ref() {
-            Some(g) => (Some(&g.pos), Some(&g.ids)),
-            None => (None, None),
+        let (dev_pos, dev_ids) = match (self.gpu.as_ref(), &kv) {
+            (Some(g), Kv::Own(_)) => (Some(&g.pos), Some(&g.ids)),
+            _ => (None, None),
         };
         #[cfg(not(feature = "cuda"))]
         let (dev_pos, dev_ids) = (None, None);
-        let pos = Positions { start: pos0, device: dev_pos };
         embedding_ids(&Ids { host: ids, device: dev_ids }, &self.weights.embed_tokens, &mut ws.x)?; // [seq, hidden] f32
         let p = self.precision;
         for (l, w) in self.weights.layers.iter().enumerate() {
             // [seq, (n_heads + 2 n_kv_heads) * head_dim]; ws.h: [seq, hidden] normed (unless fused)
             norm_linear(&ws.x, &w.input_layernorm, eps, &w.qkv_proj, &mut ws.h, &mut ws.qkv, p)?;
-            let (kc, vc) = self.cache.layer_mut(l)?; // [n_kv_heads, ctx, head_dim]
-            rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?; // q: [seq, n_heads * head_dim]
-            attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
+            match &mut kv {
+                Kv::Own(pos0) => {
+                    let pos = Positions { start: *pos0, device: dev_pos };
+                    let (kc, vc) = self.cache.layer_mut(l)?; // [n_kv_heads, ctx, head_dim]
+                    rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?; // q: [seq, n_heads * head_dim]
+                    attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
+                }
+                Kv::Paged(cache, meta) => {
+                    let (kc, vc) = cache.layer_mut(l)?; // [num_blocks, n_kv_heads, block_size, head_dim]
+                    rope_kv_paged(&ws.qkv, &mut ws.q, kc, vc, meta, &self.rope)?;
+                    paged_attention(&ws.q, kc, vc, meta, c.num_attention_heads, &mut ws.att)?;
+                }
+            }
             matmul_add(&ws.att, &w.o_proj, &mut ws.delta, &mut ws.x, p)?; // x += att · o_projᵀ
             norm_linear(&ws.x, &w.post_attention_layernorm, eps, &w.gate_up_proj, &mut ws.h, &mut ws.gate_up, p)?;
             swiglu_matmul_add(&ws.gate_up, &w.down_proj, &mut ws.act, &mut ws.delta, &mut ws.x, p)?; // x += mlp
@@ -407,7 +426,7 @@ impl Llama3 {
 
     /// LM head over the last `rows_n` normed hidden rows of the chunk, written to logits rows
     /// `out_row..out_row + rows_n`.
-    fn lm_head(&mut self, out_row: usize, rows_n: usize) -> Result<()> {
+    pub(crate) fn lm_head(&mut self, out_row: usize, rows_n: usize) -> Result<()> {
         let ws = &mut self.ws;
         let seq = ws.h.dims2("lm_head")?.0;
         let vocab = self.config.vocab_size;
@@ -554,7 +573,7 @@ impl Llama3 {
     /// GPU state's logits buffer, then the next id (argmax or sampled) into `ids`.
     #[cfg(feature = "cuda")]
     fn decode_ops(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
-        self.run_layers(&[id], pos)?;
+        self.run_layers(&[id], Kv::Own(pos))?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
         matmul(&self.ws.h, head, &mut g.logits)?; // [1, vocab] f32

@@ -1,5 +1,6 @@
 //! The Llama 3 model: config, weights, KV cache, tokenizer, chat template, sampling, generation.
 
+pub mod batch;
 pub mod chat;
 pub mod config;
 pub mod detokenizer;
@@ -9,6 +10,7 @@ pub mod gguf;
 mod gpu;
 pub mod kv_cache;
 pub mod llama3;
+pub mod paged_kv;
 mod pyfmt;
 pub mod safetensors;
 pub mod sampler;

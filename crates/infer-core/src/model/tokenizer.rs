@@ -19,6 +19,7 @@ pub trait Tokenizer {
 }
 
 /// A Hugging Face tokenizer loaded from a `tokenizer.json`.
+#[derive(Clone)]
 pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
     /// Where it was loaded from (for error messages); `<memory>` when built from bytes.

@@ -62,7 +62,11 @@ impl PagedMeta<'_> {
             ));
         }
         if !self.block_tables.len().is_multiple_of(self.max_blocks) {
-            return bad(format!("block table length {} is not a multiple of {}", self.block_tables.len(), self.max_blocks));
+            return bad(format!(
+                "block table length {} is not a multiple of {}",
+                self.block_tables.len(),
+                self.max_blocks
+            ));
         }
         if let Some(b) = self.block_tables.iter().find(|&&b| b < 0 || b as usize >= num_blocks) {
             return bad(format!("block id {b} outside the pool of {num_blocks} blocks"));

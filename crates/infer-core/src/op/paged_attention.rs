@@ -29,7 +29,10 @@ pub fn paged_attention(
     check_shape(NAME, "v pool", v_pool, k_pool.shape())?;
     check_shape(NAME, "output", out, q.shape())?;
     if n_heads == 0 || width != n_heads * hd || !n_heads.is_multiple_of(n_kv) {
-        return Err(Error::op(NAME, format!("q width {width} does not fit {n_heads} heads of {hd} over {n_kv} KV heads")));
+        return Err(Error::op(
+            NAME,
+            format!("q width {width} does not fit {n_heads} heads of {hd} over {n_kv} KV heads"),
+        ));
     }
     meta.validate(NAME, rows, nb)?;
     #[cfg(feature = "cuda")]
@@ -164,9 +167,7 @@ mod tests {
         let mut q = Tensor::zeros(&[rows, nh * hd], DType::F32);
         rope_kv_paged(&qkv, &mut q, &mut kp, &mut vp, &meta, &table).unwrap();
         let mut out = Tensor::zeros(&[rows, nh * hd], DType::F32);
-        PagedAttention { n_heads: nh, meta }
-            .forward(&mut OpContext::new(&[&q, &kp, &vp], &mut [&mut out]))
-            .unwrap();
+        PagedAttention { n_heads: nh, meta }.forward(&mut OpContext::new(&[&q, &kp, &vp], &mut [&mut out])).unwrap();
         let got = out.as_f32().unwrap();
         let err = got.iter().zip(&want_rows).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err < 1e-5, "max abs error {err}");
