@@ -34,7 +34,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         }
     };
     let usage = if m.kv_blocks_total > 0 { m.kv_blocks_used as f64 / m.kv_blocks_total as f64 } else { 0.0 };
-    let rows: [(&str, &str, &str, f64); 16] = [
+    let rows: [(&str, &str, &str, f64); 18] = [
         ("requests_total", "counter", "Requests accepted by the engine.", m.requests_total as f64),
         (
             "requests_finished_total",
@@ -43,6 +43,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             m.requests_finished as f64,
         ),
         ("requests_rejected_total", "counter", "Requests rejected at admission.", m.requests_rejected as f64),
+        ("requests_cancelled_total", "counter", "Requests cancelled (client gone).", m.requests_cancelled as f64),
+        (
+            "requests_preempted_total",
+            "counter",
+            "Preemptions (a sequence's KV freed, recomputed later).",
+            m.requests_preempted as f64,
+        ),
         ("requests_running", "gauge", "Sequences in the running batch.", m.requests_running as f64),
         ("queue_depth", "gauge", "Requests waiting to be scheduled.", m.requests_waiting as f64),
         ("prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", m.prompt_tokens_total as f64),
