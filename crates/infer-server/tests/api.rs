@@ -220,7 +220,7 @@ fn bad_requests() -> Vec<(&'static str, Vec<u8>, u16, Option<&'static str>)> {
         (chat(json!({"messages": []})), 400, Some("messages")),
         (chat(json!({"messages": "hi"})), 400, Some("messages")),
         (chat(json!({"messages": [{"role": "user"}], "n": 2})), 400, Some("n")),
-        (chat(json!({"messages": [{"content": "x"}]})), 400, Some("messages[0].role")),
+        (chat(json!({"messages": [{"content": "x"}]})), 400, Some("messages[0]")), // missing `role`
         (chat(json!({"messages": [{"role": "wizard", "content": "x"}]})), 400, Some("messages[0].role")),
         (chat(json!({"messages": [{"role": "user", "content": 5}]})), 400, Some("messages[0].content")),
         (chat(json!({"messages": m, "temperature": -1})), 400, Some("temperature")),
