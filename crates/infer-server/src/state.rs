@@ -38,7 +38,7 @@ impl AppState {
     pub fn response_id(&self, prefix: &str) -> String {
         use std::hash::{BuildHasher, RandomState};
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let salt = RandomState::new().hash_one(n) & 0xffff_ffff_ffff_ffff;
+        let salt = RandomState::new().hash_one(n);
         format!("{prefix}{salt:016x}{n:08x}")
     }
 
