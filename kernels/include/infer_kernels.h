@@ -93,6 +93,11 @@ cudaError_t infer_swiglu_bf16(const void *gate_up, void *out, int rows, int inte
  * infer_argmax_workspace_bytes(n) bytes. */
 cudaError_t infer_argmax_f32(const float *logits, int n, int32_t *out_id, void *workspace, cudaStream_t stream);
 size_t infer_argmax_workspace_bytes(int n);
+/* out_ids[r] = argmax(logits[r * n .. (r + 1) * n]) for every row r < rows (as infer_argmax_f32).
+ * workspace: at least infer_argmax_rows_workspace_bytes(rows, n) bytes. */
+cudaError_t infer_argmax_rows_f32(const float *logits, int rows, int n, int32_t *out_ids, void *workspace,
+                                  cudaStream_t stream);
+size_t infer_argmax_rows_workspace_bytes(int rows, int n);
 
 /* Sampling parameters (device memory, so a captured decode graph reads the current ones). */
 typedef struct InferSampleParams {

@@ -15,9 +15,11 @@ pub struct CudaDevice {
     /// The one stream: ops never synchronise, so everything stays ordered on it.
     pub stream: Arc<CudaStream>,
     pub blas: CudaBlasLT,
-    /// f32 scratch for kernels that need it (split-KV attention, argmax); grown outside graph
-    /// capture only, so captured pointers stay valid.
+    /// f32 scratch for kernels that need it (split-KV attention, argmax). Growing it moves it:
+    /// graphs captured before hold stale pointers, so they compare [`Self::scratch_epoch`].
     scratch: Mutex<Option<CudaSlice<f32>>>,
+    /// Bumped whenever `scratch` is reallocated.
+    scratch_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -105,7 +107,7 @@ pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream().map_err(|e| unavailable(format!("stream: {e:?}")))?;
     let blas = CudaBlasLT::new(stream.clone()).map_err(|e| unavailable(format!("cuBLASLt: {e:?}")))?;
-    let dev = Arc::new(CudaDevice { ordinal, ctx, stream, blas, scratch: Mutex::new(None) });
+    let dev = Arc::new(CudaDevice { ordinal, ctx, stream, blas, scratch: Mutex::new(None), scratch_epoch: 0.into() });
     if reg.len() <= ordinal {
         reg.resize(ordinal + 1, None);
     }
@@ -126,10 +128,17 @@ impl CudaDevice {
         let need = bytes.div_ceil(4).max(1);
         if s.as_ref().is_none_or(|b| b.len() < need) {
             *s = Some(self.stream.alloc_zeros::<f32>(need).map_err(|e| driver_err("scratch alloc", e))?);
+            self.scratch_epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         let buf = s.as_ref().ok_or_else(|| Error::op("scratch", "missing buffer"))?;
         let (p, _sync) = buf.device_ptr(&self.stream);
         Ok(p as *mut f32)
+    }
+
+    /// Changes whenever the scratch buffer moves (a CUDA graph captured under another epoch must
+    /// be captured again).
+    pub fn scratch_epoch(&self) -> u64 {
+        self.scratch_epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn synchronize(&self) -> Result<()> {

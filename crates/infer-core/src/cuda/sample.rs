@@ -126,3 +126,34 @@ impl DeviceSampler {
         ffi::check(OP, st)
     }
 }
+
+/// Greedy ids of every row of `logits` `[rows, vocab]` f32 (first index of each row's maximum,
+/// NaN ignored), computed on the device; only the ids cross to the host.
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    const OP: &str = "argmax_rows";
+    let dev = dev_of(OP, logits)?;
+    expect(OP, "logits", logits, DType::F32, &dev)?;
+    let (rows, n) = logits.dims2(OP)?;
+    let (rows_i, n_i) = (int(OP, rows)?, int(OP, n)?);
+    // SAFETY: pure size computation.
+    let ws = dev.scratch(unsafe { ffi::infer_argmax_rows_workspace_bytes(rows_i, n_i) })?;
+    let mut ids = dev.stream.alloc_zeros::<i32>(rows.max(1)).map_err(|e| driver_err(OP, e))?;
+    {
+        let (id_ptr, _sync) = ids.device_ptr_mut(&dev.stream);
+        // SAFETY: logits holds rows * n f32 on the device (checked above), ids holds rows device
+        // i32, ws has the workspace size the kernel asked for.
+        let st = unsafe {
+            ffi::infer_argmax_rows_f32(
+                ptr(logits)? as *const f32,
+                rows_i,
+                n_i,
+                id_ptr as *mut i32,
+                ws as *mut std::ffi::c_void,
+                dev.stream.cu_stream() as _,
+            )
+        };
+        ffi::check(OP, st)?;
+    }
+    let host = dev.stream.clone_dtoh(&ids).map_err(|e| driver_err(OP, e))?;
+    Ok(host.into_iter().take(rows).map(|i| i.max(0) as u32).collect())
+}

@@ -18,6 +18,8 @@ use crate::model::llama3::Llama3;
 use crate::model::paged_kv::PagedKvCache;
 use crate::model::sampler::Sampler;
 use crate::model::tokenizer::HfTokenizer;
+use crate::op::argmax::argmax_rows;
+use crate::tensor::{DType, Tensor};
 
 pub(crate) struct Scheduler {
     model: Llama3,
@@ -52,6 +54,14 @@ impl Scheduler {
     }
 
     pub fn run(mut self) {
+        #[cfg(feature = "cuda")]
+        if let crate::base::DeviceType::Cuda(n) = self.model.device() {
+            // Kernels launched from this thread use the current context.
+            if let Err(e) = crate::cuda::device(n).and_then(|d| d.bind()) {
+                self.fail_all(&format!("cannot use cuda:{n} on the engine thread: {e}"));
+                return;
+            }
+        }
         while self.take_commands() {
             let t0 = Instant::now();
             self.admit();
@@ -71,10 +81,23 @@ impl Scheduler {
             }
             self.publish();
         }
+        self.fail_all("server shutting down");
+    }
+
+    /// Fails every running, waiting and still-queued request with `msg`; refuses new ones.
+    fn fail_all(&mut self, msg: &str) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        let queued = self.shared.inbox.lock().map(|mut i| std::mem::take(&mut *i)).unwrap_or_default();
+        for c in queued {
+            if let Command::Submit(_, _, mut sink) = c {
+                self.shared.counters.requests_waiting.fetch_sub(1, Ordering::AcqRel);
+                sink(EngineEvent::Failed(msg.to_string()));
+            }
+        }
         let all: Vec<RequestId> = self.running.iter().chain(&self.waiting).map(|s| s.id).collect();
         for id in all {
             if let Some(mut s) = self.remove(id) {
-                s.emit(EngineEvent::Failed("server shutting down".into()));
+                s.emit(EngineEvent::Failed(msg.to_string()));
             }
         }
         self.publish();
@@ -284,7 +307,6 @@ impl Scheduler {
         let wants: Vec<bool> = items.iter().map(|it| it.logits).collect();
         let logits = self.model.forward_batch(&mut self.cache, &items)?;
         let vocab = logits.shape().get(1).copied().unwrap_or(0);
-        let logits = logits.as_f32_mut()?;
         let bs = self.pool.block_size();
         for (&i, &(_, n)) in idx.iter().zip(plan) {
             let s = &mut self.running[i];
@@ -296,21 +318,45 @@ impl Scheduler {
                 s.hashes.push(h);
             }
         }
-        // Sample every sequence that got logits, in parallel (each owns its row and sampler).
-        let mut rows = logits.chunks_exact_mut(vocab.max(1));
-        let mut work: Vec<(usize, &mut [f32])> = Vec::new();
-        for (&i, &want) in idx.iter().zip(&wants) {
-            if want && let Some(row) = rows.next() {
-                work.push((i, row));
-            }
+        // Plain-greedy sequences take the argmax (on the device for a GPU: only ids cross);
+        // the others sample from their host row, in parallel (each owns its row and sampler).
+        let with_logits: Vec<usize> = idx.iter().zip(&wants).filter(|(_, w)| **w).map(|(&i, _)| i).collect();
+        let greedy: Vec<bool> = with_logits.iter().map(|&i| self.running[i].plain_greedy()).collect();
+        let ids = if greedy.iter().any(|&g| g) { argmax_rows(logits)? } else { Vec::new() };
+        let mut host = None;
+        if greedy.iter().any(|&g| !g) {
+            host = Some(if logits.is_cuda() {
+                logits.to_host()?
+            } else {
+                std::mem::replace(logits, Tensor::zeros(&[0, 0], DType::F32))
+            });
         }
+        let mut rows = match host.as_mut() {
+            Some(t) => t.as_f32_mut()?.chunks_exact_mut(vocab.max(1)).map(Some).collect(),
+            None => Vec::new(),
+        };
         let (tok, eos, ctx) = (&self.tok, &self.eos[..], self.context);
         let mut by_index: Vec<Option<&mut Sequence>> = self.running.iter_mut().map(Some).collect();
-        let jobs: Vec<(&mut Sequence, &mut [f32])> =
-            work.into_iter().filter_map(|(i, row)| by_index[i].take().map(|s| (s, row))).collect();
+        let mut jobs: Vec<(&mut Sequence, Choice)> = Vec::new();
+        for (r, &i) in with_logits.iter().enumerate() {
+            let choice = match (greedy[r], ids.get(r), rows.get_mut(r).and_then(Option::take)) {
+                (true, Some(&id), _) => Choice::Id(id),
+                (false, _, Some(row)) => Choice::Row(row),
+                _ => continue,
+            };
+            if let Some(s) = by_index[i].take() {
+                jobs.push((s, choice));
+            }
+        }
         let outcomes: Vec<(RequestId, std::result::Result<Option<FinishReason>, String>)> = jobs
             .into_par_iter()
-            .map(|(s, row)| (s.id, s.advance(row, tok, eos, ctx).map_err(|e| e.to_string())))
+            .map(|(s, choice)| {
+                let r = match choice {
+                    Choice::Id(id) => s.advance_with(id, tok, eos, ctx),
+                    Choice::Row(row) => s.advance(row, tok, eos, ctx),
+                };
+                (s.id, r.map_err(|e| e.to_string()))
+            })
             .collect();
         let generated = outcomes.iter().filter(|o| o.1.is_ok()).count() as u64;
         self.shared.counters.generation_tokens_total.fetch_add(generated, Ordering::Relaxed);
@@ -344,4 +390,12 @@ impl Scheduler {
         let used = (self.pool.total() - self.pool.free()) as u64;
         self.shared.counters.kv_blocks_used.store(used, Ordering::Relaxed);
     }
+}
+
+/// How a sequence's next token is chosen this step.
+enum Choice<'a> {
+    /// Picked already (device or host argmax).
+    Id(u32),
+    /// Sampled from this host logits row.
+    Row(&'a mut [f32]),
 }

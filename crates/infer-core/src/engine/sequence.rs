@@ -69,6 +69,11 @@ impl Sequence {
         self.alive
     }
 
+    /// Whether the next id is the argmax of the raw logits, so the device can pick it.
+    pub fn plain_greedy(&self) -> bool {
+        self.req.sampler.is_plain_greedy() && self.req.logprobs.is_none()
+    }
+
     /// Samples the next token from `row` (this sequence's logits, modified in place), streams
     /// it, and returns why the sequence ends, if it does.
     pub fn advance(
@@ -80,11 +85,34 @@ impl Sequence {
     ) -> Result<Option<FinishReason>> {
         let raw = self.req.logprobs.map(|k| (row.to_vec(), k));
         let id = self.sampler.sample(row, &self.tokens)?;
-        self.tokens.push(id);
         let logprob = match raw {
             Some((raw, k)) => Some(logprobs(&raw, id, k, tok)?),
             None => None,
         };
+        self.push(id, logprob, tok, eos, context)
+    }
+
+    /// [`Sequence::advance`] with the id chosen already (a device argmax, for [`Self::plain_greedy`]).
+    pub fn advance_with(
+        &mut self,
+        id: u32,
+        tok: &HfTokenizer,
+        eos: &[u32],
+        context: usize,
+    ) -> Result<Option<FinishReason>> {
+        self.sampler.record(id);
+        self.push(id, None, tok, eos, context)
+    }
+
+    fn push(
+        &mut self,
+        id: u32,
+        logprob: Option<TokenLogprob>,
+        tok: &HfTokenizer,
+        eos: &[u32],
+        context: usize,
+    ) -> Result<Option<FinishReason>> {
+        self.tokens.push(id);
         self.text.push_str(&self.decoder.push(tok, id)?);
         let mut scan = StopScanner { stops: &self.req.stop, emitted: self.emitted };
         let (delta, stopped) = scan.scan(&mut self.text, false);

@@ -4,6 +4,7 @@
 use super::llama3::{Kv, Llama3};
 use super::paged_kv::PagedKvCache;
 use crate::base::{Error, Result};
+use crate::op::matmul::matmul_with_precision;
 use crate::op::paged::PagedMeta;
 use crate::tensor::{DType, Tensor};
 
@@ -26,8 +27,8 @@ impl Llama3 {
         PagedKvCache::new(&self.config, num_blocks, block_size, self.device)
     }
 
-    /// Runs every item in one batched pass and returns the logits `[n, vocab]` of the items
-    /// with `logits` set, in item order.
+    /// Runs every item in one batched pass and returns the logits `[n, vocab]` f32 of the items
+    /// with `logits` set, in item order, on the model's device (host memory for the CPU).
     pub fn forward_batch(&mut self, cache: &mut PagedKvCache, items: &[BatchItem]) -> Result<&mut Tensor> {
         let (bs, vocab, ctx) = (cache.block_size(), self.config.vocab_size, self.context_length());
         if items.is_empty() {
@@ -80,10 +81,14 @@ impl Llama3 {
         };
         self.ws.resize(front.ids.len())?;
         self.run_layers(&front.ids, Kv::Paged(cache, &meta))?;
-        self.ws.logits = Tensor::zeros(&[n_logits, vocab], DType::F32);
+        // [n_logits, vocab] f32 on the model's device (a GPU keeps them: see `argmax_rows`).
+        let mut logits = Tensor::zeros_on(&[n_logits, vocab], DType::F32, self.device)?;
         if n_logits > 0 {
-            self.lm_head(0, n_logits)?;
+            let rows = self.ws.h.copy_rows(front.ids.len() - n_logits, n_logits)?; // [n_logits, hidden]
+            let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
+            matmul_with_precision(&rows, head, &mut logits, self.precision)?;
         }
+        self.ws.logits = logits;
         Ok(&mut self.ws.logits)
     }
 }

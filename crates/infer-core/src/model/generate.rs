@@ -228,11 +228,7 @@ impl Llama3 {
         let mut hit_stop_string = false;
         let sc = &opts.sampler;
         // Greedy without penalties needs no logits on the host: the GPU's argmax picks the id.
-        let greedy_fast = sc.is_greedy()
-            && sc.repetition_penalty == 1.0
-            && sc.presence_penalty == 0.0
-            && sc.frequency_penalty == 0.0
-            && !self.device.is_cpu();
+        let greedy_fast = sc.is_plain_greedy() && !self.device.is_cpu();
         // Any other sampling on a GPU: the device samples (penalties included), only ids cross.
         let device_sample = !greedy_fast && self.samples_on_device();
         let on_device = greedy_fast || device_sample;

@@ -31,9 +31,9 @@ pub(crate) struct GpuState {
     pub ids: DeviceI32,
     /// Logits of the decode step, `[1, vocab]` f32.
     pub logits: Tensor,
-    /// The captured decode steps (indexed by [`Select`]) and the workspace capacity each was
-    /// captured with.
-    pub graphs: [Option<(CudaGraph, usize)>; 2],
+    /// The captured decode steps (indexed by [`Select`]) and the (workspace capacity, scratch
+    /// epoch) each was captured with.
+    pub graphs: [Option<(CudaGraph, (usize, u64))>; 2],
     /// Sampling state for non-greedy decoding on the device.
     pub sampler: DeviceSampler,
     /// Decode steps run eagerly so far (the first one sizes scratch buffers before capture).
@@ -41,6 +41,12 @@ pub(crate) struct GpuState {
     /// The id the last decode step's argmax left in `ids` (so the next step need not upload it).
     pub device_next: Option<u32>,
 }
+
+// SAFETY: the only non-Send fields are the captured graphs' raw CUgraph/CUgraphExec handles,
+// owned exclusively by this state (never shared or aliased). CUDA driver handles belong to a
+// context, not to a thread; a thread that takes the model over binds the device's context before
+// replaying (the serving engine's scheduler thread does so first thing).
+unsafe impl Send for GpuState {}
 
 impl GpuState {
     pub fn new(ordinal: usize, chunk: usize, vocab: usize) -> Result<Self> {
@@ -66,7 +72,7 @@ impl GpuState {
     }
 
     /// Ends the capture and keeps the instantiated graph for `select`.
-    pub fn end_capture(&mut self, capacity: usize, select: Select) -> Result<()> {
+    pub fn end_capture(&mut self, capacity: (usize, u64), select: Select) -> Result<()> {
         let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
         let graph = self.dev.stream.end_capture(flags).map_err(|e| driver_err("end graph capture", e))?;
         let graph = graph.ok_or_else(|| Error::op("cuda_graph", "stream capture produced no graph"))?;

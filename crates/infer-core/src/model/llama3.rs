@@ -536,11 +536,12 @@ impl Llama3 {
     #[cfg(feature = "cuda")]
     fn enqueue_decode_step(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
         self.ws.resize(1)?;
-        let capacity = self.ws.capacity;
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        // A graph is valid for the buffers it was captured with: workspace and device scratch.
+        let capacity = (self.ws.capacity, g.dev.scratch_epoch());
         for slot in g.graphs.iter_mut() {
             if slot.as_ref().is_some_and(|(_, cap)| *cap != capacity) {
-                *slot = None; // the workspace was reallocated since the capture
+                *slot = None; // the workspace or the scratch was reallocated since the capture
             }
         }
         // The previous step's argmax already left its id in device memory.

@@ -59,6 +59,15 @@ impl SamplerConfig {
         self.temperature == 0.0
     }
 
+    /// Whether the next id is the argmax of the raw logits (greedy, no penalty): then no logits
+    /// need to leave a GPU.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.is_greedy()
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+    }
+
     /// Checks every parameter's range; the error names the parameter and its value.
     pub fn validate(&self) -> Result<()> {
         let (t, p, m, r) = (self.temperature, self.top_p, self.min_p, self.repetition_penalty);
