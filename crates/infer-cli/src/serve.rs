@@ -45,6 +45,9 @@ pub fn serve(a: ServeArgs) -> infer_core::Result<()> {
             .await
             .map_err(|e| Error::io(&addr, e))
     });
+    // `serve` already waited (bounded) for the engine thread; do not wait again for any
+    // blocking task still running.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     eprintln!("server stopped");
     result
 }
