@@ -12,7 +12,7 @@ out=${OUT:-bench-out}; mkdir -p "$out"
 model=${MODEL:-/tmp/llama-3.2-1b-random}
 [ -f "$model/model.safetensors" ] ||
   python3 "$here/make_random_llama.py" --out "$model" --shape llama-3.2-1b --tokenizer-from "$here/../tests/fixtures/tiny-llama3"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpu.txt" 2>/dev/null || echo "$device" > "$out/gpu.txt"
 port=${PORT:-8123}
 "$cli" serve --model "$model" --device "$device" --port "$port" --no-progress --context-length 2048 \
   --max-batch "${MAX_BATCH:-128}" --max-queue 1024 2> "$out/server.log" &
@@ -21,7 +21,7 @@ for _ in $(seq 600); do grep -q "serving" "$out/server.log" && break; sleep 0.2;
 grep -q "serving" "$out/server.log" || { cat "$out/server.log"; kill "$pid"; exit 1; }
 python3 "$here/bench_serve.py" --url "http://127.0.0.1:$port" --concurrency "${CONCURRENCY:-1,8,32,128}" \
   --prompt-len "${PROMPT_LEN:-128}" --max-tokens "${MAX_TOKENS:-128}" --rounds "${ROUNDS:-2}" \
-  --label "RustInfer ($(head -c 40 "$out/gpu.txt" | cut -d, -f1))" --out "$out/serve.jsonl"
+  --label "RustInfer ($(head -n1 "$out/gpu.txt" | cut -d, -f1))" --out "$out/serve.jsonl"
 rc=$?
 curl -s "http://127.0.0.1:$port/metrics" > "$out/metrics.txt" 2>/dev/null || true
 kill -TERM "$pid"
