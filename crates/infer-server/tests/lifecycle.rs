@@ -112,6 +112,21 @@ async fn dropping_one_stream_leaves_the_others_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_before_a_non_streamed_answer_is_cancelled() {
+    tokio::time::timeout(LIMIT, async {
+        let s = TestServer::start(EngineConfig::default()).await;
+        let body = merge(json!({"prompt": "Once"}), greedy(1000));
+        let req = s.client.post(s.url("/v1/completions")).json(&body).timeout(Duration::from_millis(200));
+        assert!(req.send().await.is_err(), "the client gives up first");
+        s.wait_metric("rustinfer_requests_cancelled_total", 1.0).await;
+        s.wait_metric("rustinfer_kv_cache_blocks_used", 0.0).await;
+        assert!(s.metric("rustinfer_generation_tokens_total").await < 1000.0);
+    })
+    .await
+    .expect("test within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_streams_and_serve_returns() {
     tokio::time::timeout(LIMIT, async {
         let s = TestServer::start(EngineConfig::default()).await;
