@@ -14,9 +14,11 @@ export RUSTINFER_SMOLLM2
 cargo test --workspace
 # The official `openai` Python client, unmodified, against `infer-cli serve` (PyPI package into
 # target/pydeps: no system site-packages touched).
-python3 -c 'import openai' 2>/dev/null || python3 -m pip install -q --target target/pydeps openai
+pydeps="$PWD/target/pydeps"
+PYTHONPATH="$pydeps" python3 -c 'import openai' 2>/dev/null ||
+  python3 -m pip install -q --upgrade --target "$pydeps" openai
 cargo build -p infer-cli
-PYTHONPATH="$PWD/target/pydeps${PYTHONPATH:+:$PYTHONPATH}" python3 tests/python/test_openai_client.py --cli target/debug/infer-cli
+PYTHONPATH="$pydeps" python3 tests/python/test_openai_client.py --cli target/debug/infer-cli
 export CUDA_HOME=${CUDA_HOME:-/opt/cuda-pip/nvidia/cu13}
 cargo clippy --workspace --all-targets --features infer-core/cuda -- -D warnings
 cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant
