@@ -21,4 +21,4 @@ cargo build -p infer-cli
 PYTHONPATH="$pydeps" python3 tests/python/test_openai_client.py --cli target/debug/infer-cli
 export CUDA_HOME=${CUDA_HOME:-/opt/cuda-pip/nvidia/cu13}
 cargo clippy --workspace --all-targets --features infer-core/cuda -- -D warnings
-cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant
+cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant --test cuda_engine --test cuda_paged

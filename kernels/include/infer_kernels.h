@@ -123,6 +123,37 @@ cudaError_t infer_f32_to_bf16(const float *in, void *out, size_t n, cudaStream_t
 cudaError_t infer_f16_to_bf16(const void *in, void *out, size_t n, cudaStream_t stream);
 cudaError_t infer_bf16_to_f32(const void *in, float *out, size_t n, cudaStream_t stream);
 
+/* Paged KV cache (continuous batching; kernels/paged.cu). Pools are [num_blocks, n_kv_heads,
+ * block_size, head_dim] bf16, one per layer for K and one for V. Row r of a batch is at position
+ * positions[r] of sequence row_seq[r], whose block ids are block_tables[row_seq[r] * max_blocks ..
+ * + max_blocks]; position p lives in block table[p / block_size] at offset p % block_size, i.e.
+ * pool slot table[p / block_size] * block_size + p % block_size. positions, slots, row_seq and
+ * block_tables are int32 in DEVICE memory (a captured graph replays with new values); grids depend
+ * only on the sizes passed here. Values outside their ranges never cause an out-of-bounds access
+ * (such rows give zeros / are not written); the host validates them anyway.
+ *
+ * infer_rope_kv_paged_bf16: RoPE as infer_rope_kv_bf16 on qkv [rows, (n_heads + 2 n_kv_heads)
+ * head_dim], row r at position positions[r] (< max_pos, the rows of cos_sin [max_pos, head_dim / 2,
+ * 2] f32): rotated q to q_out [rows, n_heads head_dim], rotated k and v to slot slots[r] of the pools.
+ *
+ * infer_paged_attention_bf16: causal GQA attention of q [rows, n_heads head_dim] (rotated): row r
+ * attends to positions 0 ..= positions[r] of its sequence (all written already, its own included);
+ * out [rows, n_heads head_dim] bf16, softmax scale 1/sqrt(head_dim), f32 accumulation.
+ * head_dim in {32, 64, 128, 256}; rows <= 65535; 16-byte aligned q, pools and out. workspace: f32
+ * scratch of infer_paged_attention_workspace_bytes() bytes (0 when no split-KV is needed: then
+ * workspace may be NULL). */
+cudaError_t infer_rope_kv_paged_bf16(const void *qkv, void *q_out, void *k_pool, void *v_pool, const float *cos_sin,
+                                     int max_pos, const int32_t *positions, const int32_t *slots, int rows,
+                                     int n_heads, int n_kv_heads, int head_dim, int block_size, int num_blocks,
+                                     cudaStream_t stream);
+cudaError_t infer_paged_attention_bf16(const void *q, const void *k_pool, const void *v_pool, void *out,
+                                       const int32_t *positions, const int32_t *row_seq, const int32_t *block_tables,
+                                       int rows, int n_seqs, int max_blocks, int n_heads, int n_kv_heads,
+                                       int head_dim, int block_size, int num_blocks, float *workspace,
+                                       size_t workspace_bytes, cudaStream_t stream);
+size_t infer_paged_attention_workspace_bytes(int rows, int n_heads, int n_kv_heads, int head_dim, int block_size,
+                                             int max_blocks);
+
 #ifdef __cplusplus
 }
 #endif

@@ -230,7 +230,7 @@ struct Frontend {
 
 impl Engine {
     /// Allocates the KV pool and starts the scheduler thread.
-    pub fn start(model: Llama3, cfg: EngineConfig) -> Result<Engine> {
+    pub fn start(mut model: Llama3, cfg: EngineConfig) -> Result<Engine> {
         if cfg.max_batch == 0 || cfg.block_size == 0 || cfg.step_tokens == 0 {
             return Err(Error::InvalidArgument("max_batch, block_size and step_tokens must be positive".into()));
         }
@@ -271,6 +271,7 @@ impl Engine {
             next_id: AtomicU64::new(1),
         });
         let max_queue = cfg.max_queue;
+        model.reserve_batch_rows(cfg.step_tokens.max(cfg.max_batch))?;
         let sched = scheduler::Scheduler::new(model, cache, cfg, shared.clone());
         let thread = std::thread::Builder::new()
             .name("rustinfer-engine".into())

@@ -27,6 +27,12 @@ impl Llama3 {
         PagedKvCache::new(&self.config, num_blocks, block_size, self.device)
     }
 
+    /// Sizes the activation buffers for batches of up to `rows` tokens now, so that later
+    /// steps never reallocate them (which would invalidate captured CUDA graphs).
+    pub fn reserve_batch_rows(&mut self, rows: usize) -> Result<()> {
+        self.ws.resize(rows)
+    }
+
     /// Runs every item in one batched pass and returns the logits `[n, vocab]` f32 of the items
     /// with `logits` set, in item order, on the model's device (host memory for the CPU).
     pub fn forward_batch(&mut self, cache: &mut PagedKvCache, items: &[BatchItem]) -> Result<&mut Tensor> {
@@ -51,6 +57,10 @@ impl Llama3 {
             if let Some(bad) = it.ids.iter().find(|&&id| id as usize >= vocab) {
                 return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary ({vocab})")));
             }
+        }
+        #[cfg(feature = "cuda")]
+        if self.batch_graph_fits(items) {
+            return self.decode_batch_graph(cache, items);
         }
         // Rows whose logits are wanted go last (in item order), so the LM head reads the
         // workspace's last rows; attention and RoPE do not care about row order.
@@ -80,7 +90,7 @@ impl Llama3 {
             device: None,
         };
         self.ws.resize(front.ids.len())?;
-        self.run_layers(&front.ids, Kv::Paged(cache, &meta))?;
+        self.run_layers(&front.ids, Kv::Paged(cache, &meta, None))?;
         // [n_logits, vocab] f32 on the model's device (a GPU keeps them: see `argmax_rows`).
         let mut logits = Tensor::zeros_on(&[n_logits, vocab], DType::F32, self.device)?;
         if n_logits > 0 {

@@ -23,7 +23,7 @@ use crate::op::embedding::{Ids, embedding_ids};
 use crate::op::matmul::matmul;
 use crate::op::matmul::matmul_with_precision;
 use crate::op::swiglu_matmul_add::swiglu_matmul_add;
-use crate::op::{Positions, Precision, attention::attention, matmul_add::matmul_add};
+use crate::op::{DevicePositions, Positions, Precision, attention::attention, matmul_add::matmul_add};
 use crate::op::{norm_linear::norm_linear, rms_norm::rms_norm, rope::RopeTable, rope_kv::rope_kv};
 use crate::op::{paged::PagedMeta, paged_attention::paged_attention, rope_kv_paged::rope_kv_paged};
 use crate::tensor::{DType, Tensor};
@@ -37,8 +37,10 @@ pub const PREFILL_CHUNK: usize = 512;
 pub(crate) enum Kv<'a> {
     /// The model's own contiguous cache, the chunk starting at this position.
     Own(usize),
-    /// A serving engine's paged cache, rows placed by the metadata.
-    Paged(&'a mut PagedKvCache, &'a PagedMeta<'a>),
+    /// A serving engine's paged cache, rows placed by the metadata; on a GPU optionally with the
+    /// token ids already in device memory (what a captured batched decode step reads).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Paged(&'a mut PagedKvCache, &'a PagedMeta<'a>, Option<&'a DevicePositions>),
 }
 
 /// How to load a model.
@@ -160,6 +162,9 @@ pub struct Llama3 {
     _store: Option<Box<dyn WeightSource>>,
     #[cfg(feature = "cuda")]
     gpu: Option<super::gpu::GpuState>,
+    /// Graphs of batched decode steps (serving engine), created on first use.
+    #[cfg(feature = "cuda")]
+    pub(crate) batch_graphs: Option<super::batch_graph::BatchGraphs>,
     pub(crate) tokenizer: HfTokenizer,
     pub(crate) chat_template: Option<ChatTemplate>,
     pub(crate) generation_defaults: SamplerConfig,
@@ -272,6 +277,8 @@ impl Llama3 {
             _store: store,
             #[cfg(feature = "cuda")]
             gpu,
+            #[cfg(feature = "cuda")]
+            batch_graphs: None,
             tokenizer,
             chat_template,
             generation_defaults,
@@ -284,6 +291,12 @@ impl Llama3 {
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
             config,
         })
+    }
+
+    /// The GPU the model runs on, if any.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn gpu_dev(&self) -> Option<std::sync::Arc<crate::cuda::CudaDevice>> {
+        self.gpu.as_ref().map(|g| g.dev.clone())
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -395,6 +408,7 @@ impl Llama3 {
         #[cfg(feature = "cuda")]
         let (dev_pos, dev_ids) = match (self.gpu.as_ref(), &kv) {
             (Some(g), Kv::Own(_)) => (Some(&g.pos), Some(&g.ids)),
+            (_, Kv::Paged(_, _, ids)) => (None, *ids),
             _ => (None, None),
         };
         #[cfg(not(feature = "cuda"))]
@@ -411,7 +425,7 @@ impl Llama3 {
                     rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?; // q: [seq, n_heads * head_dim]
                     attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
                 }
-                Kv::Paged(cache, meta) => {
+                Kv::Paged(cache, meta, _) => {
                     let (kc, vc) = cache.layer_mut(l)?; // [num_blocks, n_kv_heads, block_size, head_dim]
                     rope_kv_paged(&ws.qkv, &mut ws.q, kc, vc, meta, &self.rope)?;
                     paged_attention(&ws.q, kc, vc, meta, c.num_attention_heads, &mut ws.att)?;

@@ -1,6 +1,8 @@
 //! The Llama 3 model: config, weights, KV cache, tokenizer, chat template, sampling, generation.
 
 pub mod batch;
+#[cfg(feature = "cuda")]
+mod batch_graph;
 pub mod chat;
 pub mod config;
 pub mod detokenizer;

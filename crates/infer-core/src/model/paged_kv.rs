@@ -21,14 +21,15 @@ impl PagedKvCache {
         2 * c.num_hidden_layers * c.num_key_value_heads * block_size * c.head_dim * elem
     }
 
-    /// Allocates `num_blocks` blocks of `block_size` tokens for every layer of `c` on `device`.
+    /// Allocates `num_blocks` blocks of `block_size` tokens for every layer of `c` on `device`,
+    /// plus one more, [`Self::pad_block`], that padding rows of a batch write to and read from.
     pub fn new(c: &LlamaConfig, num_blocks: usize, block_size: usize, device: DeviceType) -> Result<Self> {
         if num_blocks == 0 || block_size == 0 {
             return Err(Error::InvalidArgument(format!(
                 "a paged KV cache needs at least one block of at least one token (got {num_blocks} x {block_size})"
             )));
         }
-        let shape = [num_blocks, c.num_key_value_heads, block_size, c.head_dim];
+        let shape = [num_blocks + 1, c.num_key_value_heads, block_size, c.head_dim];
         let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
         let mk =
             || (0..c.num_hidden_layers).map(|_| Tensor::zeros_on(&shape, dtype, device)).collect::<Result<Vec<_>>>();
@@ -39,8 +40,14 @@ impl PagedKvCache {
         self.block_size
     }
 
+    /// Blocks for sequences (the pad block not counted).
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
+    }
+
+    /// The block no sequence owns: padding rows of a fixed-size (graph-captured) batch use it.
+    pub fn pad_block(&self) -> u32 {
+        self.num_blocks as u32
     }
 
     /// Bytes held by the pools.
