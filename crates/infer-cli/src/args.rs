@@ -28,6 +28,8 @@ pub enum Command {
     Quantize(QuantizeArgs),
     /// Teacher-forced scoring of a token sequence: per-position log-probs, argmax agreement, perplexity.
     Score(ScoreArgs),
+    /// OpenAI-compatible HTTP server with continuous batching.
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -192,4 +194,31 @@ fn parse_type(s: &str) -> Result<DType, String> {
 
 fn parse_device(s: &str) -> Result<DeviceType, String> {
     s.parse().map_err(|e: infer_core::Error| e.to_string())
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 = any free port; the address is printed to stderr once bound).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Most sequences decoded together in one step.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096).map(|x| x as usize))]
+    pub max_batch: usize,
+    /// KV-cache pool budget in MiB [default: the engine's].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 24).map(|x| x as usize))]
+    pub kv_cache_mb: Option<usize>,
+    /// Most requests waiting for a slot; more get 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// The model name clients pass as `model` [default: the model's file or directory name].
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_s: u64,
 }

@@ -2,6 +2,7 @@
 //! Llama 3 models from the command line.
 
 mod args;
+mod serve;
 mod tools;
 
 use std::io::{BufRead, Write};
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat(a),
         Command::Quantize(a) => quantize(a),
         Command::Score(a) => score(a),
+        Command::Serve(a) => serve::serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
