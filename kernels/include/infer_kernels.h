@@ -139,7 +139,7 @@ cudaError_t infer_bf16_to_f32(const void *in, float *out, size_t n, cudaStream_t
  * infer_paged_attention_bf16: causal GQA attention of q [rows, n_heads head_dim] (rotated): row r
  * attends to positions 0 ..= positions[r] of its sequence (all written already, its own included);
  * out [rows, n_heads head_dim] bf16, softmax scale 1/sqrt(head_dim), f32 accumulation.
- * head_dim in {32, 64, 128, 256}; rows <= 65535; 16-byte aligned q, pools and out. workspace: f32
+ * head_dim in {16, 32, 64, 128, 256}; rows <= 65535; 16-byte aligned q, pools and out. workspace: f32
  * scratch of infer_paged_attention_workspace_bytes() bytes (0 when no split-KV is needed: then
  * workspace may be NULL). */
 cudaError_t infer_rope_kv_paged_bf16(const void *qkv, void *q_out, void *k_pool, void *v_pool, const float *cos_sin,
