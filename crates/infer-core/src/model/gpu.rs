@@ -42,6 +42,13 @@ pub(crate) struct GpuState {
     pub device_next: Option<u32>,
 }
 
+// SAFETY: the only non-`Send` members are cudarc's `CudaGraph`s (raw CUgraph/CUgraphExec
+// handles). A CUDA graph belongs to its context, not to a thread: it may be launched and
+// destroyed from any thread (cudarc's `CudaGraph::launch` makes the context current first;
+// cuGraphExecDestroy/cuGraphDestroy need no current context). `GpuState` has no shared
+// interior mutability, so moving it (with the model, e.g. to the engine's thread) is sound.
+unsafe impl Send for GpuState {}
+
 impl GpuState {
     pub fn new(ordinal: usize, chunk: usize, vocab: usize) -> Result<Self> {
         let dev = crate::cuda::device(ordinal)?;
