@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README; .ci/run calls it): format, lints, every test of the workspace, then
-# the `cuda` feature compiled (CUDA 13 toolkit from PyPI) and its tests, which skip without a GPU.
+# the `cuda` and `nccl` features compiled (CUDA 13 toolkit and NCCL from PyPI) and their tests,
+# which skip without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_CUDA=1 bash scripts/setup.sh >/dev/null
@@ -12,5 +13,6 @@ RUSTINFER_SMOLLM2=$(bash scripts/fetch_smollm2.sh)
 export RUSTINFER_SMOLLM2
 cargo test --workspace
 export CUDA_HOME=${CUDA_HOME:-/opt/cuda-pip/nvidia/cu13}
-cargo clippy --workspace --all-targets --features infer-core/cuda -- -D warnings
-cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant
+cargo clippy --workspace --all-targets --features infer-core/nccl -- -D warnings
+cargo test -p infer-core --features nccl --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant \
+  --test cuda_tensor_parallel

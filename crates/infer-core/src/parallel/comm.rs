@@ -94,7 +94,7 @@ struct Shared {
 /// every rank sums the slots in rank order 0, 1, .., N-1 (so the result is bit-identical on
 /// every rank and independent of thread timing), and waits again before the slots are reused.
 /// Host f32 tensors; with the `cuda` feature also device tensors (staged through the host: a
-/// test harness for GPU ranks that share one device, not a fast path — GPUs use NCCL).
+/// fallback without NCCL, not a fast path — GPUs use NCCL).
 #[derive(Debug)]
 pub struct CpuComm {
     rank: usize,

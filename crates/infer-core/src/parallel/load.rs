@@ -29,9 +29,8 @@ impl Llama3 {
     }
 
     /// [`Llama3::load_tensor_parallel`] with rank `r` on `devices[r]` and the communicator of
-    /// `kind` (`opts.device` is ignored). [`CommKind::Cpu`] also takes GPU ranks, several on one
-    /// device (all-reduce staged through the host): what tests use to check the sharded GPU
-    /// math on one GPU.
+    /// `kind` (`opts.device` is ignored). GPU ranks must be distinct devices; [`CommKind::Cpu`]
+    /// also joins GPU ranks (all-reduce staged through the host: slow, but no NCCL needed).
     pub fn load_tensor_parallel_on(
         path: impl AsRef<Path>,
         opts: LoadOptions,
@@ -41,8 +40,15 @@ impl Llama3 {
         let t0 = Instant::now();
         let n = devices.len();
         let first = *devices.first().ok_or(super::ShardError::EmptyWorld)?;
-        let (meta, store) = ModelParts::open(path.as_ref(), &LoadOptions { device: first, ..opts.clone() })?;
-        let plan = ShardPlan::new(&meta.config, n)?;
+        // Ranks on one GPU would share its single stream from several threads, where an op of
+        // several kernels (or a scratch buffer) could interleave with another rank's.
+        if let Some(d) =
+            devices.iter().enumerate().find_map(|(i, d)| (!d.is_cpu() && devices[..i].contains(d)).then_some(d))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "tensor-parallel ranks need distinct GPUs; {d} appears twice in {devices:?}"
+            )));
+        }
         for &d in devices {
             check_device(d).map_err(|e| match e {
                 Error::DeviceUnavailable { device, msg } => Error::DeviceUnavailable {
@@ -52,6 +58,8 @@ impl Llama3 {
                 e => e,
             })?;
         }
+        let (meta, store) = ModelParts::open(path.as_ref(), &LoadOptions { device: first, ..opts.clone() })?;
+        let plan = ShardPlan::new(&meta.config, n)?;
         let mut makers = comm_makers(kind, devices)?.into_iter();
         let make0 = makers.next().ok_or(super::ShardError::EmptyWorld)?;
         let full = Arc::new(Weights::load(store.as_ref(), &meta.config)?);

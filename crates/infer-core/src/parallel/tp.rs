@@ -14,7 +14,7 @@ use crate::tensor::Tensor;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommKind {
     /// [`super::CpuComm`]: threads of this process (host tensors; device tensors are staged
-    /// through the host, for testing GPU ranks that share one device).
+    /// through the host).
     Cpu,
     /// NVIDIA NCCL, one distinct GPU per rank (needs the `nccl` feature).
     Nccl,
