@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README; .ci/run calls it): format, lints, every test of the workspace, the
-# openai-client test of the HTTP server, then the `cuda` feature compiled (CUDA 13 toolkit from
-# PyPI) and its tests, which skip without a GPU.
+# openai-client test of the HTTP server, then the `cuda` and `nccl` features compiled (CUDA 13
+# toolkit and NCCL from PyPI) and their tests, which skip without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_CUDA=1 bash scripts/setup.sh >/dev/null
@@ -20,5 +20,6 @@ PYTHONPATH="$pydeps" python3 -c 'import openai' 2>/dev/null ||
 cargo build -p infer-cli
 PYTHONPATH="$pydeps" python3 tests/python/test_openai_client.py --cli target/debug/infer-cli
 export CUDA_HOME=${CUDA_HOME:-/opt/cuda-pip/nvidia/cu13}
-cargo clippy --workspace --all-targets --features infer-core/cuda -- -D warnings
-cargo test -p infer-core --features cuda --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant --test cuda_engine --test cuda_paged
+cargo clippy --workspace --all-targets --features infer-core/nccl -- -D warnings
+cargo test -p infer-core --features nccl --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant \
+  --test cuda_engine --test cuda_paged --test cuda_tensor_parallel

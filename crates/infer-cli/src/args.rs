@@ -51,6 +51,11 @@ pub struct ModelArgs {
     /// AVX512_BF16 CPUs) or 8-bit activations with a residual pass (quantized weights).
     #[arg(long)]
     pub precise: bool,
+    /// Split the model over N ranks (Megatron-style tensor parallelism): N threads on the CPU;
+    /// with `--device cuda[:K]` the GPUs K..K+N-1, through NCCL (a `--features infer-core/nccl` build).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=256).map(|x| x as usize))]
+    pub tensor_parallel: usize,
 }
 
 #[derive(Args, Debug)]

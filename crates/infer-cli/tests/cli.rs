@@ -127,6 +127,32 @@ fn bad_flags_are_clear_errors() {
 }
 
 #[test]
+fn tensor_parallel_generates_the_reference_and_rejects_bad_sizes() {
+    let model = fixtures().join("tiny-llama3");
+    let m = model.to_str().unwrap();
+    let case = golden_cases().into_iter().find(|c| c["kind"] == "text").unwrap();
+    let prompt = case["prompt"].as_str().unwrap();
+    let args =
+        ["generate", "-m", m, "-p", prompt, "--temperature", "0", "--max-tokens", "32", "--ignore-eos", "--json"];
+    let out = cli(&[&args[..], &["--precise", "--tensor-parallel", "2"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert_eq!(v["ids"], case["greedy_ids"]);
+    let cases: &[(&[&str], &str)] = &[
+        (&["--tensor-parallel", "3"], "num_attention_heads = 4 is not divisible by the world size 3"),
+        (&["--tensor-parallel", "0"], "--tensor-parallel"),
+        (&["--tensor-parallel", "2", "--device", "cuda:0"], "cuda"),
+    ];
+    for (extra, want) in cases {
+        let out = cli(&[&args[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} should fail");
+        assert!(stderr.contains(want), "{extra:?}: stderr {stderr:?} should mention {want:?}");
+        assert!(!stderr.contains("panicked"), "{extra:?} panicked: {stderr}");
+    }
+}
+
+#[test]
 fn interactive_chat_reads_stdin() {
     use std::io::Write;
     let model = fixtures().join("tiny-llama3");

@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod engine;
 pub mod model;
 pub mod op;
+pub mod parallel;
 pub mod tensor;
 
 pub use base::{DeviceType, Error, Result};

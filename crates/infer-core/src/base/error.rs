@@ -58,6 +58,10 @@ pub enum Error {
 
     #[error("out of memory on {device}: {msg}")]
     OutOfMemory { device: String, msg: String },
+
+    /// A tensor-parallel layout that does not fit the model (see `parallel::ShardPlan`).
+    #[error("tensor parallelism: {0}")]
+    TensorParallel(#[from] crate::parallel::ShardError),
 }
 
 impl Error {

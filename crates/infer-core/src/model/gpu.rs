@@ -42,10 +42,11 @@ pub(crate) struct GpuState {
     pub device_next: Option<u32>,
 }
 
-// SAFETY: the only non-Send fields are the captured graphs' raw CUgraph/CUgraphExec handles,
-// owned exclusively by this state (never shared or aliased). CUDA driver handles belong to a
-// context, not to a thread; a thread that takes the model over binds the device's context before
-// replaying (the serving engine's scheduler thread does so first thing).
+// SAFETY: the only non-`Send` members are cudarc's `CudaGraph`s (raw CUgraph/CUgraphExec
+// handles). A CUDA graph belongs to its context, not to a thread: it may be launched and
+// destroyed from any thread (cudarc's `CudaGraph::launch` makes the context current first;
+// cuGraphExecDestroy/cuGraphDestroy need no current context). `GpuState` has no shared
+// interior mutability, so moving it (with the model, e.g. to the engine's thread) is sound.
 unsafe impl Send for GpuState {}
 
 impl GpuState {

@@ -22,10 +22,12 @@ use crate::op::embedding::{Ids, embedding_ids};
 #[cfg(feature = "cuda")]
 use crate::op::matmul::matmul;
 use crate::op::matmul::matmul_with_precision;
+use crate::op::swiglu::swiglu;
 use crate::op::swiglu_matmul_add::swiglu_matmul_add;
 use crate::op::{DevicePositions, Positions, Precision, attention::attention, matmul_add::matmul_add};
 use crate::op::{norm_linear::norm_linear, rms_norm::rms_norm, rope::RopeTable, rope_kv::rope_kv};
 use crate::op::{paged::PagedMeta, paged_attention::paged_attention, rope_kv_paged::rope_kv_paged};
+use crate::parallel::{Communicator, reduce_add};
 use crate::tensor::{DType, Tensor};
 
 /// Default KV-cache length when the user does not choose one.
@@ -87,7 +89,7 @@ pub struct Weights {
 }
 
 impl Weights {
-    fn load(store: &dyn WeightSource, c: &LlamaConfig) -> Result<Self> {
+    pub(crate) fn load(store: &dyn WeightSource, c: &LlamaConfig) -> Result<Self> {
         let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
         let layers = (0..c.num_hidden_layers)
             .map(|l| {
@@ -148,6 +150,44 @@ impl ModelParts {
         eos_ids.dedup();
         Ok(ModelParts { config, store, tokenizer, chat_template, generation_defaults, eos_ids })
     }
+
+    /// Reads a model path (directory or GGUF file) for `opts`: checks the path and the device,
+    /// chooses the KV-cache length.
+    pub(crate) fn open(path: &Path, opts: &LoadOptions) -> Result<(ModelMeta, Box<dyn WeightSource>)> {
+        let dir = path.to_path_buf();
+        let gguf = super::gguf::is_gguf_file(&dir);
+        if !gguf && !dir.is_dir() {
+            return Err(Error::ModelNotFound(dir));
+        }
+        check_device(opts.device)?;
+        let parts = if gguf { super::gguf::load_parts(&dir)? } else { ModelParts::from_hf_dir(&dir)? };
+        let ModelParts { config, store, tokenizer, chat_template, generation_defaults, eos_ids } = parts;
+        let context = match opts.context_length {
+            None => config.max_position_embeddings.min(DEFAULT_CONTEXT),
+            Some(0) => return Err(Error::InvalidArgument("context length must be at least 1".into())),
+            Some(n) if n > config.max_position_embeddings => {
+                return Err(Error::InvalidArgument(format!(
+                    "context length {n} exceeds the model's max_position_embeddings {}",
+                    config.max_position_embeddings
+                )));
+            }
+            Some(n) => n,
+        };
+        Ok((ModelMeta { dir, config, tokenizer, chat_template, generation_defaults, eos_ids, context }, store))
+    }
+}
+
+/// Everything about a model but its weights (each tensor-parallel rank gets a clone).
+#[derive(Clone)]
+pub(crate) struct ModelMeta {
+    pub dir: PathBuf,
+    pub config: LlamaConfig,
+    pub tokenizer: HfTokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub generation_defaults: SamplerConfig,
+    pub eos_ids: Vec<u32>,
+    /// KV-cache length.
+    pub context: usize,
 }
 
 /// A loaded Llama 3 model with its tokenizer, chat template, KV cache and workspace.
@@ -177,6 +217,8 @@ pub struct Llama3 {
     /// Result of a CPU `greedy_launch`, handed out by `greedy_wait`.
     pending_greedy: Option<u32>,
     pub(crate) load_ms: f64,
+    /// This rank's link to its tensor-parallel group (`None`: the whole model on one device).
+    pub(crate) tp: Option<crate::parallel::TpLink>,
 }
 
 impl std::fmt::Debug for Llama3 {
@@ -191,7 +233,7 @@ impl std::fmt::Debug for Llama3 {
     }
 }
 
-fn check_device(device: DeviceType) -> Result<()> {
+pub(crate) fn check_device(device: DeviceType) -> Result<()> {
     match device {
         DeviceType::Cpu => Ok(()),
         #[cfg(feature = "cuda")]
@@ -228,30 +270,30 @@ impl Llama3 {
     /// GGUF file (a file starting with `GGUF`: config, weights, tokenizer, chat template).
     pub fn load(path: impl AsRef<Path>, opts: LoadOptions) -> Result<Self> {
         let t0 = Instant::now();
-        let dir = path.as_ref().to_path_buf();
-        let gguf = super::gguf::is_gguf_file(&dir);
-        if !gguf && !dir.is_dir() {
-            return Err(Error::ModelNotFound(dir));
-        }
-        check_device(opts.device)?;
-        let parts = if gguf { super::gguf::load_parts(&dir)? } else { ModelParts::from_hf_dir(&dir)? };
-        let ModelParts { config, store, tokenizer, chat_template, generation_defaults, eos_ids } = parts;
-        let context = match opts.context_length {
-            None => config.max_position_embeddings.min(DEFAULT_CONTEXT),
-            Some(0) => return Err(Error::InvalidArgument("context length must be at least 1".into())),
-            Some(n) if n > config.max_position_embeddings => {
-                return Err(Error::InvalidArgument(format!(
-                    "context length {n} exceeds the model's max_position_embeddings {}",
-                    config.max_position_embeddings
-                )));
-            }
-            Some(n) => n,
-        };
-        let weights = Weights::load(store.as_ref(), &config)?;
-        let bar = progress_bar(opts.progress, store.file_bytes());
+        let (meta, store) = ModelParts::open(path.as_ref(), &opts)?;
+        let weights = Weights::load(store.as_ref(), &meta.config)?;
+        let local = meta.config.clone();
+        Self::assemble(meta, weights, Some(store), &local, None, &opts, t0)
+    }
+
+    /// Places `weights` on `opts.device` and allocates the KV cache and workspace for `local`'s
+    /// heads and intermediate size (the model's own, or a tensor-parallel rank's share).
+    pub(crate) fn assemble(
+        meta: ModelMeta,
+        weights: Weights,
+        store: Option<Box<dyn WeightSource>>,
+        local: &LlamaConfig,
+        tp: Option<crate::parallel::TpLink>,
+        opts: &LoadOptions,
+        t0: Instant,
+    ) -> Result<Self> {
+        let ModelMeta { dir, config, tokenizer, chat_template, generation_defaults, eos_ids, context } = meta;
+        let bar = progress_bar(opts.progress, store.as_ref().map_or(0, |s| s.file_bytes()));
         let (weights, store) = if opts.device.is_cpu() {
-            store.prefault(&mut |n| bar.inc(n));
-            (weights, Some(store))
+            if let Some(s) = &store {
+                s.prefault(&mut |n| bar.inc(n));
+            }
+            (weights, store)
         } else {
             #[cfg(feature = "cuda")]
             let w = super::gpu::upload_weights(weights, opts.device, |n| bar.inc(n))?;
@@ -261,13 +303,16 @@ impl Llama3 {
         };
         bar.finish_and_clear();
         let rope = RopeTable::new(&config, context);
-        let (layers, kv_heads, hd) = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim);
+        let (layers, kv_heads, hd) = (local.num_hidden_layers, local.num_key_value_heads, local.head_dim);
         let cache = KvCache::new(layers, kv_heads, hd, context, opts.device)?;
-        let ws = Workspace::new(&config, opts.device)?;
+        let ws = Workspace::new(local, opts.device)?;
+        // Tensor-parallel ranks run the eager path (no CUDA graphs or device sampling).
         #[cfg(feature = "cuda")]
         let gpu = match opts.device {
-            DeviceType::Cuda(n) => Some(super::gpu::GpuState::new(n, PREFILL_CHUNK, config.vocab_size)?),
-            DeviceType::Cpu => None,
+            DeviceType::Cuda(n) if tp.is_none() => {
+                Some(super::gpu::GpuState::new(n, PREFILL_CHUNK, config.vocab_size)?)
+            }
+            _ => None,
         };
         Ok(Llama3 {
             dir,
@@ -290,6 +335,7 @@ impl Llama3 {
             pending_greedy: None,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
             config,
+            tp,
         })
     }
 
@@ -386,7 +432,7 @@ impl Llama3 {
 
     /// One batched pass of `ids` (at most [`PREFILL_CHUNK`]) through every layer; leaves the
     /// final normed hidden states in `ws.h`.
-    fn forward_chunk(&mut self, ids: &[u32], pos0: usize) -> Result<()> {
+    pub(crate) fn forward_chunk(&mut self, ids: &[u32], pos0: usize) -> Result<()> {
         self.ws.resize(ids.len())?;
         #[cfg(feature = "cuda")]
         if let Some(g) = self.gpu.as_mut() {
@@ -400,9 +446,24 @@ impl Llama3 {
 
     /// Embedding, every decoder layer and the final norm over the workspace (already sized to
     /// `ids.len()` rows). With [`Kv::Own`] on a GPU the ids and position are already in device
-    /// memory, which is what a captured decode step reads.
-    pub(crate) fn run_layers(&mut self, ids: &[u32], mut kv: Kv<'_>) -> Result<()> {
+    /// memory, which is what a captured decode step reads. A tensor-parallel rank runs its shard
+    /// of every layer (its group's other ranks run theirs on the same ids).
+    pub(crate) fn run_layers(&mut self, ids: &[u32], kv: Kv<'_>) -> Result<()> {
+        let Some(tp) = self.tp.take() else { return self.layers(ids, kv, None) };
+        let own_pos = match kv {
+            Kv::Own(pos0) => Some(pos0),
+            Kv::Paged(..) => None,
+        };
+        let out = tp.run(ids, own_pos, |comm| self.layers(ids, kv, Some(comm)));
+        self.tp = Some(tp);
+        out
+    }
+
+    /// [`Llama3::run_layers`] on this instance's weights; with `comm`, o_proj and down_proj are
+    /// row-parallel shards whose partial products are summed over the group before the add.
+    fn layers(&mut self, ids: &[u32], mut kv: Kv<'_>, comm: Option<&dyn Communicator>) -> Result<()> {
         let c = &self.config;
+        let heads = c.num_attention_heads / comm.map_or(1, |c| c.world_size()); // this rank's
         let eps = c.rms_norm_eps as f32;
         let ws = &mut self.ws;
         #[cfg(feature = "cuda")]
@@ -423,17 +484,26 @@ impl Llama3 {
                     let pos = Positions { start: *pos0, device: dev_pos };
                     let (kc, vc) = self.cache.layer_mut(l)?; // [n_kv_heads, ctx, head_dim]
                     rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?; // q: [seq, n_heads * head_dim]
-                    attention(&ws.q, kc, vc, &pos, c.num_attention_heads, &mut ws.att)?; // [seq, n_heads * head_dim]
+                    attention(&ws.q, kc, vc, &pos, heads, &mut ws.att)?; // [seq, n_heads * head_dim]
                 }
                 Kv::Paged(cache, meta, _) => {
                     let (kc, vc) = cache.layer_mut(l)?; // [num_blocks, n_kv_heads, block_size, head_dim]
                     rope_kv_paged(&ws.qkv, &mut ws.q, kc, vc, meta, &self.rope)?;
-                    paged_attention(&ws.q, kc, vc, meta, c.num_attention_heads, &mut ws.att)?;
+                    paged_attention(&ws.q, kc, vc, meta, heads, &mut ws.att)?;
                 }
             }
-            matmul_add(&ws.att, &w.o_proj, &mut ws.delta, &mut ws.x, p)?; // x += att · o_projᵀ
+            match comm {
+                None => matmul_add(&ws.att, &w.o_proj, &mut ws.delta, &mut ws.x, p)?, // x += att · o_projᵀ
+                Some(comm) => reduce_add(comm, &ws.att, &w.o_proj, &mut ws.delta, &mut ws.x, p)?, // x += Σ ranks
+            }
             norm_linear(&ws.x, &w.post_attention_layernorm, eps, &w.gate_up_proj, &mut ws.h, &mut ws.gate_up, p)?;
-            swiglu_matmul_add(&ws.gate_up, &w.down_proj, &mut ws.act, &mut ws.delta, &mut ws.x, p)?; // x += mlp
+            match comm {
+                None => swiglu_matmul_add(&ws.gate_up, &w.down_proj, &mut ws.act, &mut ws.delta, &mut ws.x, p)?, // x += mlp
+                Some(comm) => {
+                    swiglu(&ws.gate_up, &mut ws.act)?; // [seq, intermediate / N]
+                    reduce_add(comm, &ws.act, &w.down_proj, &mut ws.delta, &mut ws.x, p)?; // x += Σ ranks
+                }
+            }
         }
         rms_norm(&ws.x, &self.weights.norm, eps, &mut ws.h) // [seq, hidden]
     }
