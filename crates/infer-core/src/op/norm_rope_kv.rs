@@ -112,3 +112,50 @@ impl Op for NormRopeKv<'_> {
         norm_rope_kv(x, g, self.eps, ws, h, qkv, q, (kc, vc), &pos, self.table, Precision::default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::LlamaConfig;
+
+    #[test]
+    fn equals_norm_linear_then_rope_kv() {
+        let text = include_str!("../../../../tests/fixtures/tiny-llama3/config.json");
+        let cfg = LlamaConfig::from_json_str(text, std::path::Path::new("config.json")).unwrap();
+        let (hd, nh, nkv, ctx, dim, start) = (cfg.head_dim, 2, 1, 8, 16, 3);
+        let table = RopeTable::new(&cfg, ctx);
+        let width = (nh + 2 * nkv) * hd;
+        let x = Tensor::from_f32(&[1, dim], (0..dim).map(|i| (i as f32 * 0.7).sin()).collect()).unwrap();
+        let g = Tensor::from_f32(&[dim], (0..dim).map(|i| 0.5 + i as f32 / 32.0).collect()).unwrap();
+        let w = Tensor::from_f32(&[width, dim], (0..width * dim).map(|i| (i as f32 * 0.13).cos()).collect()).unwrap();
+        let pos = Positions::host(start);
+        let run = |fused: bool| {
+            let mut h = Tensor::zeros(&[1, dim], x.dtype());
+            let mut qkv = Tensor::zeros(&[1, width], x.dtype());
+            let mut q = Tensor::zeros(&[1, nh * hd], x.dtype());
+            let mut kc = Tensor::zeros(&[nkv, ctx, hd], x.dtype());
+            let mut vc = Tensor::zeros(&[nkv, ctx, hd], x.dtype());
+            if fused {
+                norm_rope_kv(
+                    &x,
+                    &g,
+                    1e-5,
+                    &[&w],
+                    &mut h,
+                    &mut qkv,
+                    &mut q,
+                    (&mut kc, &mut vc),
+                    &pos,
+                    &table,
+                    Precision::Exact,
+                )
+                .unwrap();
+            } else {
+                norm_linear(&x, &g, 1e-5, &[&w], &mut h, &mut qkv, Precision::Exact).unwrap();
+                rope_kv(&qkv, &mut q, &mut kc, &mut vc, &pos, &table).unwrap();
+            }
+            [q, kc, vc].map(|t| t.as_f32().unwrap().to_vec())
+        };
+        assert_eq!(run(true), run(false));
+    }
+}
