@@ -11,12 +11,23 @@
 //      phase 2: one warp per head: chunk max m and p = exp2(s - m), sum l.
 //      phase 3: same lane layout over V rows, acc[HB][8] per thread, reduced across row groups
 //               (shuffles, then 4 warps through shared memory) -> unnormalised partial in workspace.
-//  - Combine kernel, grid n_heads, 128 threads: merges the ceil(L / chunk) valid partials in f32 in
-//    split order (deterministic) and writes bf16 out.
+//  - Combine (fused, default): nv = ceil(L / chunk) splits are valid. With nv == 1 the block writes
+//    the normalised bf16 output itself. Otherwise each valid block publishes its partial (threadfence,
+//    then an atomic arrival count per head block in g_attn_arrivals); the last to arrive resets the
+//    count and merges the nv partials in f32 in split order (deterministic), so no second launch.
+//    The counters are static device memory, zero between launches; launches on one device are
+//    serialised on the device's one stream, so no two decode attentions share them at a time.
+//  - Combine kernel (INFER_ATTN_COMBINE=1, for A/B timing; also when the counters run short): grid
+//    n_heads, 128 threads, the same merge in a second launch.
 // Workspace layout (f32): ml [n_heads][nsplit][2] (max, sum), then acc [n_heads][nsplit][head_dim].
 #include "common.cuh"
 
 #define DEC_THREADS 128
+#define ATTN_MAX_HEAD_BLOCKS 4096
+
+#include <stdlib.h>
+
+__device__ unsigned int g_attn_arrivals[ATTN_MAX_HEAD_BLOCKS];  // see the header comment
 
 // Implemented in attention_prefill.cu.
 cudaError_t infer_attention_prefill_launch(const bf16 *q, const bf16 *k, const bf16 *v, bf16 *out,
@@ -36,7 +47,7 @@ template <int HB, int UNROLL = (HB <= 4 ? 8 : 4), bool PREV = (HB <= 4)>
 __global__ void __launch_bounds__(DEC_THREADS)
 attn_decode_split(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
                   const int32_t *__restrict__ pos_dev, int group, int D, int ctx, int chunk, int nsplit,
-                  float *__restrict__ ws_ml, float *__restrict__ ws_acc, float scale_log2) {
+                  float *__restrict__ ws_ml, float *__restrict__ ws_acc, float scale_log2, bf16 *__restrict__ out) {
     extern __shared__ float smem[];  // scores [HB][chunk]; later reused as [4 warps][HB][D]
     __shared__ float s_m[HB], s_l[HB];
     pdl_launch_dependents();
@@ -158,6 +169,17 @@ attn_decode_split(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const
 #pragma unroll
             for (int e = 0; e < 8; ++e) smem[(warp * HB + j) * D + sub * 8 + e] = acc[j][e];
     __syncthreads();
+    const int nv = infer_cdiv(L, chunk);
+    if (out && nv == 1) {  // the only split: normalise and store, no partials
+        for (int idx = tid; idx < HB * D; idx += DEC_THREADS) {
+            const int j = idx / D, d = idx - j * D;
+            float o = 0.f;
+#pragma unroll
+            for (int w = 0; w < DEC_THREADS / 32; ++w) o += smem[(w * HB + j) * D + d];
+            out[(size_t)(h0 + j) * D + d] = __float2bfloat16_rn(o * (s_l[j] > 0.f ? 1.f / s_l[j] : 0.f));
+        }
+        return;
+    }
     for (int idx = tid; idx < HB * D; idx += DEC_THREADS) {
         const int j = idx / D, d = idx - j * D;
         float s = 0.f;
@@ -168,6 +190,33 @@ attn_decode_split(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const
     if (tid < HB) {
         ws_ml[((size_t)(h0 + tid) * nsplit + split) * 2 + 0] = s_m[tid];
         ws_ml[((size_t)(h0 + tid) * nsplit + split) * 2 + 1] = s_l[tid];
+    }
+    if (!out) return;  // the combine kernel merges
+
+    // Last block of this head block to finish merges every split's partial (read from L2).
+    __shared__ bool s_last;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        s_last = atomicAdd(&g_attn_arrivals[blockIdx.x], 1u) + 1 == (unsigned)nv;
+        if (s_last) atomicExch(&g_attn_arrivals[blockIdx.x], 0u);  // every valid split has arrived
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    for (int idx = tid; idx < HB * D; idx += DEC_THREADS) {
+        const int j = idx / D, d = idx - j * D;
+        const float *ml = ws_ml + (size_t)(h0 + j) * nsplit * 2;
+        const float *acc = ws_acc + (size_t)(h0 + j) * nsplit * D + d;
+        float M = -INFINITY;
+        for (int sp = 0; sp < nv; ++sp) M = fmaxf(M, __ldcg(ml + 2 * sp));
+        float l = 0.f, o = 0.f;
+        for (int sp = 0; sp < nv; ++sp) {
+            const float w = exp2f(__ldcg(ml + 2 * sp) - M);
+            l += __ldcg(ml + 2 * sp + 1) * w;
+            o += __ldcg(acc + (size_t)sp * D) * w;
+        }
+        out[(size_t)(h0 + j) * D + d] = __float2bfloat16_rn(o * (l > 0.f ? 1.f / l : 0.f));
     }
 }
 
@@ -204,12 +253,12 @@ extern "C" size_t infer_attention_workspace_bytes(int n_heads, int head_dim, int
 
 template <int HB>
 static cudaError_t launch_decode(const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *pos, int n_heads,
-                                 int group, int D, int ctx, float *ws, float scale_log2, cudaStream_t s) {
+                                 int group, int D, int ctx, float *ws, float scale_log2, bf16 *out, cudaStream_t s) {
     const int chunk = dec_chunk(ctx), nsplit = infer_cdiv(ctx, chunk);
     float *ml = ws, *acc = ws + (size_t)n_heads * nsplit * 2;
     const int sm_floats = HB * chunk > 4 * HB * D ? HB * chunk : 4 * HB * D;  // <= 32 KB
     INFER_LAUNCH(attn_decode_split<HB>, dim3(n_heads / HB, nsplit), dim3(DEC_THREADS), sm_floats * sizeof(float), s,
-                 q, k, v, pos, group, D, ctx, chunk, nsplit, ml, acc, scale_log2);
+                 q, k, v, pos, group, D, ctx, chunk, nsplit, ml, acc, scale_log2, out);
     return cudaSuccess;
 }
 
@@ -235,14 +284,20 @@ extern "C" cudaError_t infer_attention_bf16(const void *q, const void *k_cache, 
     INFER_CHECK_ARG(workspace && workspace_bytes >= infer_attention_workspace_bytes(n_heads, head_dim, ctx));
     INFER_CHECK_ARG(nsplit_for(ctx) <= 65535);
     const int hb = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+    static const bool separate_env = [] {
+        const char *e = getenv("INFER_ATTN_COMBINE");
+        return e && e[0] == '1';
+    }();
+    const bool separate = separate_env || n_heads / hb > ATTN_MAX_HEAD_BLOCKS;
+    bf16 *fused_out = separate ? nullptr : ob;
     cudaError_t e;
     switch (hb) {
-        case 8: e = launch_decode<8>(qb, kb, vb, pos_dev, n_heads, group, head_dim, ctx, workspace, scale_log2, stream); break;
-        case 4: e = launch_decode<4>(qb, kb, vb, pos_dev, n_heads, group, head_dim, ctx, workspace, scale_log2, stream); break;
-        case 2: e = launch_decode<2>(qb, kb, vb, pos_dev, n_heads, group, head_dim, ctx, workspace, scale_log2, stream); break;
-        default: e = launch_decode<1>(qb, kb, vb, pos_dev, n_heads, group, head_dim, ctx, workspace, scale_log2, stream); break;
+        case 8: e = launch_decode<8>(qb, kb, vb, pos_dev, n_heads, group, head_dim, ctx, workspace, scale_log2, fused_out, stream); break;
+        case 4: e = launch_decode<4>(qb, kb, vb, pos_dev, n_heads, group, head_dim, ctx, workspace, scale_log2, fused_out, stream); break;
+        case 2: e = launch_decode<2>(qb, kb, vb, pos_dev, n_heads, group, head_dim, ctx, workspace, scale_log2, fused_out, stream); break;
+        default: e = launch_decode<1>(qb, kb, vb, pos_dev, n_heads, group, head_dim, ctx, workspace, scale_log2, fused_out, stream); break;
     }
-    if (e != cudaSuccess) return e;
+    if (e != cudaSuccess || !separate) return e;
     const int chunk = dec_chunk(ctx), nsplit = infer_cdiv(ctx, chunk);
     INFER_LAUNCH(attn_decode_combine, dim3(n_heads), dim3(128), 0, stream, (const float *)workspace,
                  (const float *)(workspace + (size_t)n_heads * nsplit * 2), pos_dev, ob, head_dim, ctx, chunk, nsplit);

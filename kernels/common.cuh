@@ -128,6 +128,23 @@ __device__ __forceinline__ uint4 ld_stream16(const void *p) {
                  : "l"(p));
     return v;
 }
+// Weights streamed once per decode step: like ld_stream16, with an L2 cache policy (l2_policy_evict_first)
+// that marks the lines evict-first, so the weight stream does not push out what is re-read from
+// L2 (the KV cache, activations).
+__device__ __forceinline__ uint4 ld_stream16_hint(const void *p, uint64_t policy) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "l"(policy));
+    return v;
+}
+// Policy for ld_stream16_hint: evict-first for the given fraction of accesses (1 = all, 0 = none,
+// i.e. the normal replacement).
+__device__ __forceinline__ uint64_t l2_policy_evict_first(float fraction) {
+    uint64_t pol;
+    asm volatile("createpolicy.fractional.L2::evict_first.L2::evict_unchanged.b64 %0, %1;" : "=l"(pol) : "f"(fraction));
+    return pol;
+}
 // Re-used data (activations): read-only path, cached in L1. `volatile` keeps it behind the streamed
 // loads issued before it, so the compiler cannot trade memory-level parallelism for registers.
 __device__ __forceinline__ uint4 ld_cached16(const void *p) {

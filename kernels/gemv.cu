@@ -10,12 +10,22 @@
 //    512 contiguous bytes of a row per step, fully coalesced). Per outer iteration a lane first issues
 //    U*R independent 16-byte weight loads (ld.global.nc.L1::no_allocate, i.e. streamed past L1), then
 //    consumes them; with U*R = 16 (m == 1) or 8 (m > 1) each lane keeps 256 / 128 bytes in flight,
-//    well above what Little's law needs to saturate HBM.
+//    well above what Little's law needs to saturate HBM. The weight loads carry an L2 evict-first
+//    policy: 2.5 GB of weights pass through the 50 MB L2 per decode step, and without it they push
+//    out the KV cache and activations that the attention kernel re-reads (measured on an H100,
+//    Llama-3.2-1B decode: 910 -> 923..933 tok/s; INFER_L2_EF=0 turns it off).
 //  - x (m*k bf16, tiny) is read with 16-byte __ldg loads that hit L1 after the first warp of an SM;
 //    each x chunk is converted once and reused for the R rows, each w chunk is reused for the m rows.
 //  - f32 accumulators acc[m][r] are reduced with xor-shuffles; lane (mi*R + r) stores one output, so
 //    the result is deterministic (no atomics, no split-K).
+//  - Paired outputs (m == 1, R == 2; decode fusions): a warp owns two rows that are not adjacent and
+//    lane 0 combines their results in the epilogue: OUT_SWIGLU takes gate row j and up row j of a
+//    [gate | up] matrix and writes silu(gate) * up; OUT_ROPE_KV takes the rotation pair (j, j + hd/2)
+//    of one q/k head (or two adjacent v rows) of a fused qkv matrix, rotates it and writes q / the
+//    KV caches at *pos. Both round to bf16 first, so they match the unfused kernels bit for bit.
 #include "common.cuh"
+
+#include <stdlib.h>
 
 #define GEMV_THREADS 128
 #define GEMV_WARPS (GEMV_THREADS / 32)
@@ -27,12 +37,13 @@ cudaError_t infer_gemm_bf16_launch(const bf16 *x, const bf16 *w, void *out, int 
 
 // Issue the U*R weight loads of one step (chunks c0, c0+32, ...); chunks past the row load zeros.
 template <int R, int U>
-__device__ __forceinline__ void gemv_load_w(uint4 (&wv)[U][R], const bf16 *const (&wr)[R], int c0, int kv) {
+__device__ __forceinline__ void gemv_load_w(uint4 (&wv)[U][R], const bf16 *const (&wr)[R], int c0, int kv,
+                                            uint64_t pol) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         const int c = c0 + u * 32;
 #pragma unroll
-        for (int r = 0; r < R; ++r) wv[u][r] = c < kv ? ld_stream16(wr[r] + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < R; ++r) wv[u][r] = c < kv ? ld_stream16_hint(wr[r] + (size_t)c * 8, pol) : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -47,6 +58,8 @@ enum GemvOut {
     OUT_BF16 = 0,   // out bf16 [m, n]
     OUT_F32 = 1,    // out f32 [m, n]
     OUT_ADD_F32 = 2,  // out f32 [m, n] += result (residual add in the epilogue)
+    OUT_SWIGLU = 3,   // out bf16 [n] = silu(gate) * up; w holds 2n rows [gate | up]
+    OUT_ROPE_KV = 4,  // rows of a fused qkv projection: rotated q -> out, rotated k and v -> caches
 };
 
 struct GemvArgs {
@@ -56,7 +69,16 @@ struct GemvArgs {
     const bf16 *g;  // IN_NORM only
     float eps;      // IN_NORM only
     int n, k;
+    // OUT_ROPE_KV only (out = q [n_heads * head_dim] bf16; caches [n_kv, ctx, head_dim] bf16)
+    bf16 *k_cache, *v_cache;
+    const float *cos_sin;  // [positions][head_dim / 2][2] (cos, sin)
+    const int32_t *pos;
+    int n_heads, n_kv, head_dim, ctx;
+    float evict_first;  // fraction of the weight loads marked L2 evict-first (set by launch_gemv_out)
 };
+
+template <int OUT>
+constexpr bool gemv_paired() { return OUT == OUT_SWIGLU || OUT == OUT_ROPE_KV; }
 
 __device__ __forceinline__ float gemv_silu(float v) { return v / (1.f + __expf(-v)); }
 
@@ -87,23 +109,73 @@ __device__ __forceinline__ void gemv_x8(const GemvArgs &a, int mi, int c, float 
     }
 }
 
+// Weight row r of warp gw in a paired mode (see the header comment).
+template <int OUT>
+__device__ __forceinline__ int gemv_pair_row(const GemvArgs &a, int gw, int r) {
+    if (OUT == OUT_SWIGLU) return gw + r * a.n;
+    const int half = a.head_dim >> 1, rot = (a.n_heads + a.n_kv) * half;
+    if (gw < rot) {
+        const int head = gw / half;
+        return head * a.head_dim + (gw - head * half) + r * half;
+    }
+    return 2 * gw + r;  // v rows start at (n_heads + n_kv) * head_dim == 2 * rot
+}
+
+__device__ __forceinline__ float bf16_round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+
+// Paired epilogue of warp gw (one lane): s0, s1 are the dots of its rows 0 and 1.
+template <int OUT>
+__device__ __forceinline__ void gemv_pair_store(const GemvArgs &a, int gw, float s0, float s1) {
+    const float x0 = bf16_round(s0), x1 = bf16_round(s1);  // as the unfused GEMV stores them
+    if (OUT == OUT_SWIGLU) {
+        static_cast<bf16 *>(a.out)[gw] = __float2bfloat16_rn(gemv_silu(x0) * x1);
+        return;
+    }
+    const int hd = a.head_dim, half = hd >> 1, rot = (a.n_heads + a.n_kv) * half, p = *a.pos;
+    const bool pos_ok = p >= 0 && p < a.ctx;  // else q gets zeros and the caches stay untouched
+    if (gw < rot) {
+        const int head = gw / half, j = gw - head * half;
+        float o1 = 0.f, o2 = 0.f;
+        if (pos_ok) {
+            const float2 cs = *reinterpret_cast<const float2 *>(a.cos_sin + ((size_t)p * half + j) * 2);
+            o1 = x0 * cs.x - x1 * cs.y;
+            o2 = x1 * cs.x + x0 * cs.y;
+        }
+        bf16 *dst = head < a.n_heads ? static_cast<bf16 *>(a.out) + (size_t)head * hd
+                    : pos_ok         ? a.k_cache + ((size_t)(head - a.n_heads) * a.ctx + p) * hd
+                                     : nullptr;
+        if (dst) {
+            dst[j] = __float2bfloat16_rn(o1);
+            dst[j + half] = __float2bfloat16_rn(o2);
+        }
+    } else if (pos_ok) {
+        const int e = 2 * (gw - rot), kvh = e / hd, d = e - kvh * hd;  // hd even: d, d + 1 in one head
+        *reinterpret_cast<bf162 *>(a.v_cache + ((size_t)kvh * a.ctx + p) * hd + d) = __floats2bfloat162_rn(x0, x1);
+    }
+}
+
 template <int M, int R, int U, int IN, int OUT>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
     pdl_launch_dependents();
+    constexpr bool PAIR = gemv_paired<OUT>();
+    static_assert(!PAIR || (M == 1 && R == 2), "paired outputs take two rows of one input row");
     const int n = a.n, k = a.k;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * GEMV_WARPS + warp) * R;
-    const bool active = row0 < n;  // warp-uniform
-    const int kv = k >> 3;         // 16-byte chunks per row
+    const int gw = blockIdx.x * GEMV_WARPS + warp;
+    const int row0 = gw * R;
+    const bool active = PAIR ? gw < (OUT == OUT_SWIGLU ? n : n >> 1) : row0 < n;  // warp-uniform
+    const int kv = k >> 3;  // 16-byte chunks per row
 
     const bf16 *wr[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) wr[r] = a.w + (size_t)min(row0 + r, n - 1) * k;  // clamp: rows past n are not stored
+    for (int r = 0; r < R; ++r)  // clamp: rows past n are not stored
+        wr[r] = a.w + (size_t)(PAIR ? (active ? gemv_pair_row<OUT>(a, gw, r) : 0) : min(row0 + r, n - 1)) * k;
 
     // The weights do not depend on the previous kernel: start streaming them before the PDL wait.
     uint4 wv[U][R];
     int c0 = lane;
-    if (active) gemv_load_w<R, U>(wv, wr, c0, kv);
+    const uint64_t pol = l2_policy_evict_first(a.evict_first);
+    if (active) gemv_load_w<R, U>(wv, wr, c0, kv, pol);
     pdl_wait();
 
     // Fused inputs (m == 1): the block forms the input row once, as bf16 in shared memory, while
@@ -168,43 +240,75 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
             }
         }
         c0 += 32 * U;
-        if (c0 < kv) gemv_load_w<R, U>(wv, wr, c0, kv);
+        if (c0 < kv) gemv_load_w<R, U>(wv, wr, c0, kv, pol);
     }
 
+    if constexpr (PAIR) {
+        const float s0 = warp_sum(acc[0][0]) * scale, s1 = warp_sum(acc[0][R - 1]) * scale;
+        if (lane == 0) gemv_pair_store<OUT>(a, gw, s0, s1);
+    } else {
 #pragma unroll
-    for (int mi = 0; mi < M; ++mi) {
+        for (int mi = 0; mi < M; ++mi) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const float s = warp_sum(acc[mi][r]) * scale;
-            const int row = row0 + r;
-            if (lane == mi * R + r && row < n) {
-                const size_t o = (size_t)mi * n + row;
-                if (OUT == OUT_BF16)
-                    static_cast<bf16 *>(a.out)[o] = __float2bfloat16_rn(s);
-                else if (OUT == OUT_F32)
-                    static_cast<float *>(a.out)[o] = s;
-                else
-                    static_cast<float *>(a.out)[o] += s;
+            for (int r = 0; r < R; ++r) {
+                const float s = warp_sum(acc[mi][r]) * scale;
+                const int row = row0 + r;
+                if (lane == mi * R + r && row < n) {
+                    const size_t o = (size_t)mi * n + row;
+                    if (OUT == OUT_BF16)
+                        static_cast<bf16 *>(a.out)[o] = __float2bfloat16_rn(s);
+                    else if (OUT == OUT_F32)
+                        static_cast<float *>(a.out)[o] = s;
+                    else
+                        static_cast<float *>(a.out)[o] += s;
+                }
             }
         }
     }
 }
 
+// The weights are streamed once per step: mark them L2 evict-first so the KV cache and the
+// activations stay in L2 between steps (INFER_L2_EF=0 turns it off for A/B timing).
+static float gemv_evict_first() {
+    static const float f = [] {
+        const char *e = getenv("INFER_L2_EF");
+        return e && e[0] == '0' ? 0.f : 1.f;
+    }();
+    return f;
+}
+
 template <int M, int R, int U, int IN>
-static cudaError_t launch_gemv_out(const GemvArgs &a, int out, cudaStream_t s) {
+static cudaError_t launch_gemv_out(const GemvArgs &args, int out, cudaStream_t s) {
+    GemvArgs a = args;
+    a.evict_first = gemv_evict_first();
     static_assert(M * R <= 32, "one lane stores each output");
     static_assert(M == 1 || IN == IN_BF16, "fused inputs are formed for one row");
-    const dim3 grid(infer_cdiv(a.n, GEMV_WARPS * R)), block(GEMV_THREADS);
+    const dim3 block(GEMV_THREADS);
     const size_t smem = IN == IN_BF16 ? 0 : (size_t)a.k * sizeof(bf16);  // <= 48 KB: checked by the launcher
-    switch (out) {
-        case OUT_BF16: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_BF16>), grid, block, smem, s, a); break;
-        case OUT_F32: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_F32>), grid, block, smem, s, a); break;
-        default:
-            if (M != 1) return cudaErrorInvalidValue;  // the residual epilogue is for one row
-            INFER_LAUNCH((gemv_kernel<1, R, U, IN, OUT_ADD_F32>), grid, block, smem, s, a);
-            break;
+    if (out == OUT_BF16 || out == OUT_F32 || out == OUT_ADD_F32) {
+        const dim3 grid(infer_cdiv(a.n, GEMV_WARPS * R));
+        switch (out) {
+            case OUT_BF16: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_BF16>), grid, block, smem, s, a); break;
+            case OUT_F32: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_F32>), grid, block, smem, s, a); break;
+            default:
+                if constexpr (M == 1)  // the residual epilogue is for one row
+                    INFER_LAUNCH((gemv_kernel<1, R, U, IN, OUT_ADD_F32>), grid, block, smem, s, a);
+                else
+                    return cudaErrorInvalidValue;
+                break;
+        }
+        return cudaGetLastError();
     }
-    return cudaGetLastError();
+    // Paired outputs (one input row): one warp per output pair, always (R, U) = (2, 8).
+    if constexpr (M == 1) {
+        const dim3 grid(infer_cdiv(out == OUT_SWIGLU ? a.n : a.n / 2, GEMV_WARPS));
+        if (out == OUT_SWIGLU)
+            INFER_LAUNCH((gemv_kernel<1, 2, 8, IN, OUT_SWIGLU>), grid, block, smem, s, a);
+        else
+            INFER_LAUNCH((gemv_kernel<1, 2, 8, IN, OUT_ROPE_KV>), grid, block, smem, s, a);
+        return cudaGetLastError();
+    }
+    return cudaErrorInvalidValue;
 }
 
 template <int M, int R, int U>
@@ -239,12 +343,37 @@ extern "C" cudaError_t infer_gemv_fused_bf16(const void *x, const void *w, const
                                              cudaStream_t stream) {
     INFER_CHECK_ARG(m >= 1 && m <= 8 && n >= 1 && k >= 8 && k % 8 == 0);
     INFER_CHECK_ARG(m == 1 || (in_mode == IN_BF16 && out_mode != OUT_ADD_F32));
-    INFER_CHECK_ARG(in_mode >= IN_BF16 && in_mode <= IN_SWIGLU && out_mode >= OUT_BF16 && out_mode <= OUT_ADD_F32);
+    INFER_CHECK_ARG(in_mode >= IN_BF16 && in_mode <= IN_SWIGLU && out_mode >= OUT_BF16 && out_mode <= OUT_SWIGLU);
+    INFER_CHECK_ARG(out_mode != OUT_SWIGLU || m == 1);
     INFER_CHECK_ARG(x && w && out && infer_aligned16(x) && infer_aligned16(w));
     INFER_CHECK_ARG(in_mode != IN_NORM || (norm_weight && infer_aligned16(norm_weight)));
     INFER_CHECK_ARG(in_mode == IN_BF16 || k <= INFER_GEMV_FUSED_MAX_K);
     const GemvArgs a{x, static_cast<const bf16 *>(w), out, static_cast<const bf16 *>(norm_weight), eps, n, k};
     return gemv_dispatch(a, m, in_mode, out_mode, stream);
+}
+
+extern "C" cudaError_t infer_gemv_rope_kv_bf16(const void *x, const void *w, const void *norm_weight, float eps,
+                                               void *q_out, void *k_cache, void *v_cache, const float *cos_sin,
+                                               const int32_t *pos_dev, int n_heads, int n_kv_heads, int head_dim,
+                                               int ctx, int k, int in_mode, cudaStream_t stream) {
+    INFER_CHECK_ARG(n_heads >= 1 && n_kv_heads >= 1 && head_dim >= 2 && head_dim % 2 == 0 && ctx >= 1);
+    INFER_CHECK_ARG(k >= 8 && k % 8 == 0 && k <= INFER_GEMV_FUSED_MAX_K && (in_mode == IN_BF16 || in_mode == IN_NORM));
+    INFER_CHECK_ARG(x && w && q_out && k_cache && v_cache && cos_sin && pos_dev);
+    INFER_CHECK_ARG(infer_aligned16(x) && infer_aligned16(w) && (reinterpret_cast<uintptr_t>(cos_sin) & 7u) == 0);
+    INFER_CHECK_ARG((reinterpret_cast<uintptr_t>(v_cache) & 3u) == 0);
+    INFER_CHECK_ARG(in_mode != IN_NORM || (norm_weight && infer_aligned16(norm_weight)));
+    const int n = (n_heads + 2 * n_kv_heads) * head_dim;
+    GemvArgs a{x, static_cast<const bf16 *>(w), q_out, static_cast<const bf16 *>(norm_weight), eps, n, k};
+    a.k_cache = static_cast<bf16 *>(k_cache);
+    a.v_cache = static_cast<bf16 *>(v_cache);
+    a.cos_sin = cos_sin;
+    a.pos = pos_dev;
+    a.n_heads = n_heads;
+    a.n_kv = n_kv_heads;
+    a.head_dim = head_dim;
+    a.ctx = ctx;
+    if (in_mode == IN_NORM) return launch_gemv_out<1, 2, 8, IN_NORM>(a, OUT_ROPE_KV, stream);
+    return launch_gemv_out<1, 2, 8, IN_BF16>(a, OUT_ROPE_KV, stream);
 }
 
 extern "C" cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, int m, int n, int k, int out_f32,

@@ -46,10 +46,21 @@ cudaError_t infer_gemv_bf16(const void *x, const void *w, void *out, int m, int 
  *              out = (x * norm_weight) . w^T * rsqrt(mean(x^2) + eps)   (= rms_norm(x) . w^T)
  *   in_mode 2: SwiGLU fused in: x = gate_up bf16 [m, 2k] laid out [gate | up]: silu(gate) * up
  *   out_mode 0: out bf16;  1: out f32;  2: out f32 += result (residual add, m == 1)
- * Modes 1, 2 and out_mode 2 need m == 1; modes 1 and 2 need k <= 16384 (the block forms the input
+ *   out_mode 3: SwiGLU epilogue (m == 1): w is [2n, k] laid out [gate | up] and
+ *               out bf16 [n] = bf16(silu(g) * u) with g, u the bf16-rounded gate / up results
+ * Modes 1, 2 and out_modes 2, 3 need m == 1; modes 1 and 2 need k <= 16384 (the block forms the input
  * row once in shared memory). Same alignment rules as infer_gemv_bf16. */
 cudaError_t infer_gemv_fused_bf16(const void *x, const void *w, const void *norm_weight, float eps, void *out, int m,
                                   int n, int k, int in_mode, int out_mode, cudaStream_t stream);
+
+/* Decode qkv projection with RoPE and the KV-cache write as its epilogue (one row, position *pos_dev):
+ * the result of x . w^T (in_mode 0 or 1 as in infer_gemv_fused_bf16; w [(n_heads + 2 n_kv_heads)
+ * head_dim, k]) is rounded to bf16 and handled exactly as infer_rope_kv_bf16 handles one qkv row:
+ * rotated q -> q_out [n_heads head_dim], rotated k and v -> the caches [n_kv_heads, ctx, head_dim]. */
+cudaError_t infer_gemv_rope_kv_bf16(const void *x, const void *w, const void *norm_weight, float eps, void *q_out,
+                                    void *k_cache, void *v_cache, const float *cos_sin, const int32_t *pos_dev,
+                                    int n_heads, int n_kv_heads, int head_dim, int ctx, int k, int in_mode,
+                                    cudaStream_t stream);
 
 /* x[i] += f32(delta[i]) for i < n: x f32, delta bf16 (residual add after a prefill GEMM). */
 cudaError_t infer_add_bf16_to_f32(float *x, const void *delta, size_t n, cudaStream_t stream);

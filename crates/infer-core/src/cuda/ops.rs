@@ -54,7 +54,11 @@ pub(super) fn int(op: &'static str, v: usize) -> Result<i32> {
 }
 
 /// The device copy of `pos.start`: the caller's buffer (graph replay) or a fresh upload.
-fn device_pos<'a>(pos: &'a Positions, dev: &Arc<CudaDevice>, tmp: &'a mut Option<DeviceI32>) -> Result<*const i32> {
+pub(super) fn device_pos<'a>(
+    pos: &'a Positions,
+    dev: &Arc<CudaDevice>,
+    tmp: &'a mut Option<DeviceI32>,
+) -> Result<*const i32> {
     if let Some(d) = pos.device {
         return Ok(d.ptr());
     }

@@ -22,11 +22,10 @@ use crate::op::embedding::{Ids, embedding_ids};
 #[cfg(feature = "cuda")]
 use crate::op::matmul::matmul;
 use crate::op::matmul::matmul_with_precision;
-use crate::op::swiglu::swiglu;
-use crate::op::swiglu_matmul_add::swiglu_matmul_add;
 use crate::op::{DevicePositions, Positions, Precision, attention::attention, matmul_add::matmul_add};
-use crate::op::{norm_linear::norm_linear, rms_norm::rms_norm, rope::RopeTable, rope_kv::rope_kv};
+use crate::op::{norm_linear::norm_linear, norm_rope_kv::norm_rope_kv, norm_swiglu::norm_swiglu};
 use crate::op::{paged::PagedMeta, paged_attention::paged_attention, rope_kv_paged::rope_kv_paged};
+use crate::op::{rms_norm::rms_norm, rope::RopeTable};
 use crate::parallel::{Communicator, reduce_add};
 use crate::tensor::{DType, Tensor};
 
@@ -477,16 +476,19 @@ impl Llama3 {
         embedding_ids(&Ids { host: ids, device: dev_ids }, &self.weights.embed_tokens, &mut ws.x)?; // [seq, hidden] f32
         let p = self.precision;
         for (l, w) in self.weights.layers.iter().enumerate() {
-            // [seq, (n_heads + 2 n_kv_heads) * head_dim]; ws.h: [seq, hidden] normed (unless fused)
-            norm_linear(&ws.x, &w.input_layernorm, eps, &w.qkv_proj, &mut ws.h, &mut ws.qkv, p)?;
             match &mut kv {
                 Kv::Own(pos0) => {
                     let pos = Positions { start: *pos0, device: dev_pos };
                     let (kc, vc) = self.cache.layer_mut(l)?; // [n_kv_heads, ctx, head_dim]
-                    rope_kv(&ws.qkv, &mut ws.q, kc, vc, &pos, &self.rope)?; // q: [seq, n_heads * head_dim]
+                    // q: [seq, n_heads * head_dim], k/v into the caches (ws.h, ws.qkv: scratch unless fused)
+                    let (input_norm, qkv_w) = (&w.input_layernorm, &w.qkv_proj);
+                    let (h, qkv, q) = (&mut ws.h, &mut ws.qkv, &mut ws.q);
+                    norm_rope_kv(&ws.x, input_norm, eps, qkv_w, h, qkv, q, (kc, vc), &pos, &self.rope, p)?;
                     attention(&ws.q, kc, vc, &pos, heads, &mut ws.att)?; // [seq, n_heads * head_dim]
                 }
                 Kv::Paged(cache, meta, _) => {
+                    // [seq, (n_heads + 2 n_kv_heads) * head_dim]; ws.h: [seq, hidden] normed (unless fused)
+                    norm_linear(&ws.x, &w.input_layernorm, eps, &w.qkv_proj, &mut ws.h, &mut ws.qkv, p)?;
                     let (kc, vc) = cache.layer_mut(l)?; // [num_blocks, n_kv_heads, block_size, head_dim]
                     rope_kv_paged(&ws.qkv, &mut ws.q, kc, vc, meta, &self.rope)?;
                     paged_attention(&ws.q, kc, vc, meta, heads, &mut ws.att)?;
@@ -496,13 +498,12 @@ impl Llama3 {
                 None => matmul_add(&ws.att, &w.o_proj, &mut ws.delta, &mut ws.x, p)?, // x += att · o_projᵀ
                 Some(comm) => reduce_add(comm, &ws.att, &w.o_proj, &mut ws.delta, &mut ws.x, p)?, // x += Σ ranks
             }
-            norm_linear(&ws.x, &w.post_attention_layernorm, eps, &w.gate_up_proj, &mut ws.h, &mut ws.gate_up, p)?;
+            // act: [seq, intermediate (/ ranks)] = silu(gate) * up (ws.gate_up: scratch unless fused)
+            let post_norm = &w.post_attention_layernorm;
+            norm_swiglu(&ws.x, post_norm, eps, &w.gate_up_proj, &mut ws.h, &mut ws.gate_up, &mut ws.act, p)?;
             match comm {
-                None => swiglu_matmul_add(&ws.gate_up, &w.down_proj, &mut ws.act, &mut ws.delta, &mut ws.x, p)?, // x += mlp
-                Some(comm) => {
-                    swiglu(&ws.gate_up, &mut ws.act)?; // [seq, intermediate / N]
-                    reduce_add(comm, &ws.act, &w.down_proj, &mut ws.delta, &mut ws.x, p)?; // x += Σ ranks
-                }
+                None => matmul_add(&ws.act, &w.down_proj, &mut ws.delta, &mut ws.x, p)?, // x += act · down_projᵀ
+                Some(comm) => reduce_add(comm, &ws.act, &w.down_proj, &mut ws.delta, &mut ws.x, p)?, // x += Σ ranks
             }
         }
         rms_norm(&ws.x, &self.weights.norm, eps, &mut ws.h) // [seq, hidden]

@@ -12,6 +12,8 @@ pub mod linear;
 pub mod matmul;
 pub mod matmul_add;
 pub mod norm_linear;
+pub mod norm_rope_kv;
+pub mod norm_swiglu;
 pub mod paged;
 pub mod paged_attention;
 pub mod rms_norm;
