@@ -24,7 +24,7 @@ try:
     import matplotlib.pyplot as plt
 except ImportError:
     sys.exit("matplotlib missing: table only")
-fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+fig, axes = plt.subplots(1, 3, figsize=(15, 5.5))
 for label in labels:
     rs = sorted((r for r in rows if r.get("label", "RustInfer") == label), key=lambda r: r["concurrency"])
     xs = [r["concurrency"] for r in rs]
@@ -39,10 +39,12 @@ for ax, title in zip(axes, titles):
     ax.set_xlabel("concurrent streams")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+# One legend per panel, below the axes so no line is hidden.
+for ax in axes:
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
 axes[1].set_yscale("log")
 fig.suptitle(f"infer-cli serve, {r0.get('model', '')}: prompt {r0['prompt_tokens']} tokens, "
-             f"{r0['max_tokens']} generated (ignore_eos, greedy)")
+             f"up to {max(r['max_tokens'] for r in rows)} generated (ignore_eos, greedy)")
 fig.tight_layout()
 fig.savefig(png, dpi=110)
 print(f"wrote {png}")
