@@ -44,17 +44,30 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: u
         let kv = h / group;
         let n = pos0 + i + 1; // causal: positions 0..=pos0+i
         let qh = &q[i * width + h * hd..][..hd];
-        let kh = &k[kv * ctx * hd..][..n * hd];
-        let vh = &v[kv * ctx * hd..][..n * hd];
-        scores.clear();
-        scores.extend(kh.chunks_exact(hd).map(|kt| dot_f32(qh, kt) * scale));
-        softmax_row(scores);
-        o.fill(0.0);
-        for (p, vt) in scores.iter().zip(vh.chunks_exact(hd)) {
-            axpy_f32(*p, vt, o);
-        }
+        let (kh, vh) = (&k[kv * ctx * hd..][..n * hd], &v[kv * ctx * hd..][..n * hd]);
+        attend_row(qh, n, |t| &kh[t * hd..][..hd], |t| &vh[t * hd..][..hd], scale, scores, o);
     });
     Ok(())
+}
+
+/// One query head over `n` cached positions: `o = softmax(q · k_t · scale) · v_t`, with the
+/// position `t`'s key and value rows given by `key(t)` and `value(t)` (contiguous or paged).
+pub(crate) fn attend_row<'a>(
+    q: &[f32],
+    n: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    scores.clear();
+    scores.extend((0..n).map(|t| dot_f32(q, key(t)) * scale));
+    softmax_row(scores);
+    o.fill(0.0);
+    for (t, &p) in scores.iter().enumerate() {
+        axpy_f32(p, value(t), o);
+    }
 }
 
 /// [`Op`] form: inputs `[q, k_cache, v_cache]`, outputs `[out]`.

@@ -6,8 +6,7 @@ use rayon::prelude::*;
 use super::paged::{PagedMeta, pool_dims};
 use super::{Op, OpContext, check_shape};
 use crate::base::{Error, Result};
-use crate::op::cpu::{axpy_f32, dot_f32};
-use crate::op::softmax::softmax_row;
+use crate::op::attention::attend_row;
 use crate::tensor::Tensor;
 
 const NAME: &str = "paged_attention";
@@ -51,13 +50,8 @@ pub fn paged_attention(
         let n = meta.positions[r] as usize + 1;
         let table = &meta.block_tables[meta.row_seq[r] as usize * meta.max_blocks..][..meta.max_blocks];
         let qh = &q[r * width + h * hd..][..hd];
-        scores.clear();
-        scores.extend((0..n).map(|p| dot_f32(qh, &k[at(table, p, kv)..][..hd]) * scale));
-        softmax_row(scores);
-        o.fill(0.0);
-        for (p, &w) in scores.iter().enumerate() {
-            axpy_f32(w, &v[at(table, p, kv)..][..hd], o);
-        }
+        let (key, value) = (|t| &k[at(table, t, kv)..][..hd], |t| &v[at(table, t, kv)..][..hd]);
+        attend_row(qh, n, key, value, scale, scores, o);
     });
     Ok(())
 }
