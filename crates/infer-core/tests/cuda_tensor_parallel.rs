@@ -88,10 +88,11 @@ fn gpus() -> usize {
     (0..8).take_while(|&i| infer_core::cuda::device(i).is_ok()).count()
 }
 
-/// Two ranks on cuda:0 and cuda:1 against the one-GPU model. Tolerance as in cuda_model.rs
-/// (bf16 activations; the all-reduce sums two bf16-rounded partials in another order): logits
-/// within 0.35, greedy ids equal to the one-GPU run at every step whose float64-reference top-1
-/// margin exceeds 0.7 (up to the first near-tie, after which the continuations may differ).
+/// Two ranks on cuda:0 and cuda:1 against the one-GPU model. cuda_model.rs bounds each bf16 run
+/// at 0.35 from the float64 reference, so two runs (the all-reduce sums two bf16-rounded partials
+/// in another order) may differ by up to 0.7 (measured on two H100s: 0.42): logits within 0.7,
+/// and greedy ids equal to the one-GPU run at every step whose reference top-1 margin exceeds
+/// 0.7 (up to the first near-tie, after which the continuations may differ).
 #[test]
 fn nccl_two_ranks_match_one_gpu() {
     if !nccl_ready() {
@@ -116,7 +117,7 @@ fn nccl_two_ranks_match_one_gpu() {
         let b = tp.forward_tokens(&all, 0, true).unwrap().as_f32().unwrap().to_vec();
         let e = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         println!("{}: 2 ranks vs 1 GPU: max abs logit difference {e:.3} over {} positions", case.name, all.len());
-        assert!(e <= 0.35, "{}: logits differ by {e}", case.name);
+        assert!(e <= 0.7, "{}: logits differ by {e}", case.name);
         let n = case.greedy_ids.len();
         let one = plain.generate_ids(&case.ids, &o(n), &mut |_| {}).unwrap().ids;
         let two = tp.generate_ids(&case.ids, &o(n), &mut |_| {}).unwrap().ids;
