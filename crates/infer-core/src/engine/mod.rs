@@ -252,7 +252,7 @@ impl Engine {
             model_id: model_id(model.model_dir()),
             context_length: ctx,
             vocab_size: c.vocab_size,
-            device: format!("{:?}", model.device()),
+            device: model.device().to_string(),
             block_size: cfg.block_size,
             kv_blocks: num_blocks,
             max_batch: cfg.max_batch,
