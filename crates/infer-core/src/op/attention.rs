@@ -90,17 +90,8 @@ impl Op for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::op::test_fill as fill;
     use crate::tensor::DType;
-
-    fn fill(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
 
     #[test]
     fn matches_naive_gqa_on_odd_sizes() {

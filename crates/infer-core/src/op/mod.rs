@@ -106,3 +106,15 @@ pub(crate) fn check_shape(op: &'static str, what: &str, t: &Tensor, shape: &[usi
     }
     Ok(())
 }
+
+/// Deterministic pseudo-random values in [-0.5, 0.5) for op tests (an LCG seeded by `seed`).
+#[cfg(test)]
+pub(crate) fn test_fill(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect()
+}

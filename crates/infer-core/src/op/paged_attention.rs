@@ -81,17 +81,8 @@ mod tests {
     use crate::op::rope::RopeTable;
     use crate::op::rope_kv::rope_kv;
     use crate::op::rope_kv_paged::rope_kv_paged;
+    use crate::op::test_fill as fill;
     use crate::tensor::DType;
-
-    fn fill(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
 
     /// Two sequences with scattered blocks, one mid-prefill (3 rows) and one decoding (1 row),
     /// give exactly what the contiguous cache + attention give for each sequence alone.

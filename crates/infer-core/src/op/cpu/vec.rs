@@ -152,16 +152,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fill(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::op::test_fill as fill;
 
     #[test]
     fn dot_and_axpy_match_f64_on_every_isa() {
