@@ -137,9 +137,9 @@ __device__ __forceinline__ void gemv_pair_store(const GemvArgs &a, int gw, float
         const int head = gw / half, j = gw - head * half;
         float o1 = 0.f, o2 = 0.f;
         if (pos_ok) {
-            const float2 cs = *reinterpret_cast<const float2 *>(a.cos_sin + ((size_t)p * half + j) * 2);
-            o1 = x0 * cs.x - x1 * cs.y;
-            o2 = x1 * cs.x + x0 * cs.y;
+            const float2 o = rope_pair(x0, x1, a.cos_sin, p, half, j);
+            o1 = o.x;
+            o2 = o.y;
         }
         bf16 *dst = head < a.n_heads ? static_cast<bf16 *>(a.out) + (size_t)head * hd
                     : pos_ok         ? a.k_cache + ((size_t)(head - a.n_heads) * a.ctx + p) * hd

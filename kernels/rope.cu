@@ -29,9 +29,9 @@ rope_kv_kernel(const bf16 *__restrict__ qkv, bf16 *__restrict__ q_out, bf16 *__r
         if (pos_ok) {
             const float x1 = __bfloat162float(row[head * head_dim + j]);
             const float x2 = __bfloat162float(row[head * head_dim + j + half]);
-            const float2 cs = *reinterpret_cast<const float2 *>(cos_sin + ((size_t)p * half + j) * 2);
-            o1 = x1 * cs.x - x2 * cs.y;
-            o2 = x2 * cs.x + x1 * cs.y;
+            const float2 o = rope_pair(x1, x2, cos_sin, p, half, j);
+            o1 = o.x;
+            o2 = o.y;
         }
         if (head < n_heads) {
             bf16 *dst = q_out + ((size_t)i * n_heads + head) * head_dim;
