@@ -2,15 +2,12 @@
 //
 // Decode work decomposition (graph-capturable: the grid depends on ctx only, never on *pos_dev):
 //  - Both kernels use programmatic dependent launch (see common.cuh) and wait before reading.
-//  - Split kernel, grid (n_heads / HB, nsplit), 128 threads. Block (hb, s) serves HB query heads of one
+//  - Split kernel, grid (n_heads / HB, nsplit), 512 threads (16 warps; INFER_ATTN_WARPS=8 for 256). Block (hb, s) serves HB query heads of one
 //    GQA group (HB = largest power of two <= 8 dividing the group size, so K/V rows are loaded once
 //    for HB heads) over cache positions [s*chunk, min((s+1)*chunk, L)), L = *pos_dev + 1; blocks past
-//    L exit at once. chunk = dec_chunk(ctx) (128 .. 1024, at most 128 splits up to ctx = 131072).
-//      phase 1: D/8 consecutive lanes share one cache row (16 bytes each); scores for all HB heads,
-//               reduced with xor-shuffles inside the lane group, go to shared memory (log2 domain).
-//      phase 2: one warp per head: chunk max m and p = exp2(s - m), sum l.
-//      phase 3: same lane layout over V rows, acc[HB][8] per thread, reduced across row groups
-//               (shuffles, then 4 warps through shared memory) -> unnormalised partial in workspace.
+//    L exit at once. chunk = dec_chunk(ctx) (256 .. 4096, at most 64 splits up to ctx = 262144).
+//    Each warp runs an online-softmax pass over its rows (see attn_decode_split); the warps merge
+//    once through shared memory. head_dim 16/32/64/128/256 (others take the prefill kernel).
 //  - Combine (fused, default): nv = ceil(L / chunk) splits are valid. With nv == 1 the block writes
 //    the normalised bf16 output itself. Otherwise each valid block publishes its partial (threadfence,
 //    then an atomic arrival count per head block in g_attn_arrivals); the last to arrive resets the
@@ -22,7 +19,6 @@
 // Workspace layout (f32): ml [n_heads][nsplit][2] (max, sum), then acc [n_heads][nsplit][head_dim].
 #include "common.cuh"
 
-#define DEC_THREADS 128
 #define ATTN_MAX_HEAD_BLOCKS 4096
 
 #include <stdlib.h>
@@ -34,42 +30,51 @@ cudaError_t infer_attention_prefill_launch(const bf16 *q, const bf16 *k, const b
                                            const int32_t *pos_dev, int seq, int n_heads, int group, int head_dim,
                                            int ctx, float scale_log2, cudaStream_t stream);
 
+// Cache positions per split: 256 (one batch of loads per thread for head_dim 64), doubled while
+// that would give more than 64 splits. Up to L = 256 one block per head block does everything.
 static int dec_chunk(int ctx) {
-    int c = 128;
-    while (c < 1024 && infer_cdiv(ctx, c) > 128) c *= 2;
+    int c = 256;
+    while (c < 4096 && infer_cdiv(ctx, c) > 64) c *= 2;
     return c;
 }
 
-// UNROLL cache rows per thread are loaded per batch; with PREV the first batch of V rows is issued
-// together with the first batch of K rows, so for chunk <= NRG * UNROLL (the Llama-3.2-1B case)
-// the block waits on DRAM only once.
-template <int HB, int UNROLL = (HB <= 4 ? 8 : 4), bool PREV = (HB <= 4)>
-__global__ void __launch_bounds__(DEC_THREADS)
+// Split kernel: block (hb, s), NW warps (16; 8 with INFER_ATTN_WARPS=8). D/8 consecutive lanes
+// share one cache row (16 bytes each), so a warp covers RPW = 256/D rows per load and the block
+// ROWS = NW*RPW. Each warp runs flash attention over its own rows with a running max per head that
+// is uniform over the warp (the batch max is reduced across the warp's row groups), so no block
+// barrier separates scores, softmax and the V sum: per batch of UNROLL rows per thread the K and V
+// loads are issued together (one memory round trip), then scores (xor-shuffles in the lane group),
+// rescale, p*V. At the end the NW warps' (max, sum, acc) are merged once through shared memory.
+template <int HB, int D, int NW>
+struct DecCfg {
+    static constexpr int TPR = D / 8, RPW = 32 / TPR, ROWS = NW * RPW;
+    // Registers bound UNROLL (q and acc are HB x 8 floats, plus 2 x UNROLL x uint4); one batch of
+    // loads covers at most 256 rows.
+    static constexpr int UNROLL_REGS = HB * D <= 256 ? 8 : 4;
+    static constexpr int UNROLL = UNROLL_REGS < 256 / ROWS ? UNROLL_REGS : (256 / ROWS > 0 ? 256 / ROWS : 1);
+};
+
+template <int HB, int D, int NW>
+__global__ void __launch_bounds__(NW * 32)
 attn_decode_split(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
-                  const int32_t *__restrict__ pos_dev, int group, int D, int ctx, int chunk, int nsplit,
+                  const int32_t *__restrict__ pos_dev, int group, int ctx, int chunk, int nsplit,
                   float *__restrict__ ws_ml, float *__restrict__ ws_acc, float scale_log2, bf16 *__restrict__ out) {
-    extern __shared__ float smem[];  // scores [HB][chunk]; later reused as [4 warps][HB][D]
-    __shared__ float s_m[HB], s_l[HB];
+    using C = DecCfg<HB, D, NW>;
+    constexpr int TPR = C::TPR, RPW = C::RPW, ROWS = C::ROWS, UNROLL = C::UNROLL, NT = NW * 32;
+    __shared__ float s_acc[NW][HB][D];
+    __shared__ float s_m[NW][HB], s_l[NW][HB];
     pdl_launch_dependents();
     pdl_wait();  // q, the caches and *pos_dev come from earlier kernels / copies
     const int h0 = blockIdx.x * HB, kvh = h0 / group, split = blockIdx.y;
     const int L = min(*pos_dev + 1, ctx);
     const int t0 = split * chunk;
-    if (t0 >= L) return;  // whole block: nothing to do (the combine kernel ignores this split)
+    if (t0 >= L) return;  // whole block: nothing to do (the combine ignores this split)
     const int nt = min(chunk, L - t0);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int TPR = D >> 3, sub = tid & (TPR - 1), rg = tid / TPR, NRG = DEC_THREADS / TPR;
+    const int sub = lane % TPR, rg = lane / TPR;
+    const int row0 = warp * RPW + rg;  // this thread's first row in every batch
     const bf16 *K = kc + ((size_t)kvh * ctx + t0) * D + sub * 8;
     const bf16 *V = vc + ((size_t)kvh * ctx + t0) * D + sub * 8;
-
-    uint4 vpre[PREV ? UNROLL : 1];
-    if (PREV) {
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const int t = rg + u * NRG;
-            vpre[PREV ? u : 0] = t < nt ? ld_stream16(V + (size_t)t * D) : make_uint4(0, 0, 0, 0);
-        }
-    }
 
     float qf[HB][8];
 #pragma unroll
@@ -78,120 +83,113 @@ attn_decode_split(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const
 #pragma unroll
         for (int e = 0; e < 8; ++e) qf[j][e] *= scale_log2;
     }
+    float m[HB], l[HB], acc[HB][8];
+#pragma unroll
+    for (int j = 0; j < HB; ++j) {
+        m[j] = -INFINITY;
+        l[j] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[j][e] = 0.f;
+    }
 
-    // Phase 1: scores. `base` is uniform over the block so the shuffles below see all lanes.
-    for (int base = 0; base < nt; base += NRG * UNROLL) {
-        uint4 kv[UNROLL];
+    for (int base = 0; base < nt; base += ROWS * UNROLL) {  // uniform over the block
+        uint4 kv[UNROLL], vv[UNROLL];
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
-            const int t = base + rg + u * NRG;
+            const int t = base + u * ROWS + row0;
             kv[u] = t < nt ? ld_stream16(K + (size_t)t * D) : make_uint4(0, 0, 0, 0);
+            vv[u] = t < nt ? ld_stream16(V + (size_t)t * D) : make_uint4(0, 0, 0, 0);
         }
+        float sc[UNROLL][HB];
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
-            float kf[8], d[HB];
+            float kf[8];
             unpack8(kv[u], kf);
 #pragma unroll
             for (int j = 0; j < HB; ++j) {
-                d[j] = 0.f;
+                float d = 0.f;
 #pragma unroll
-                for (int e = 0; e < 8; ++e) d[j] = fmaf(qf[j][e], kf[e], d[j]);
+                for (int e = 0; e < 8; ++e) d = fmaf(qf[j][e], kf[e], d);
+                sc[u][j] = d;
             }
+#pragma unroll
             for (int o = TPR >> 1; o > 0; o >>= 1)
 #pragma unroll
-                for (int j = 0; j < HB; ++j) d[j] += __shfl_xor_sync(0xffffffffu, d[j], o);
-            const int t = base + rg + u * NRG;
-            if (sub == 0 && t < nt)
+                for (int j = 0; j < HB; ++j) sc[u][j] += __shfl_xor_sync(0xffffffffu, sc[u][j], o);
+            if (base + u * ROWS + row0 >= nt)
 #pragma unroll
-                for (int j = 0; j < HB; ++j) smem[j * chunk + t] = d[j];
-        }
-    }
-    __syncthreads();
-
-    // Phase 2: per-head softmax statistics of this chunk (one warp per head).
-    for (int j = warp; j < HB; j += DEC_THREADS / 32) {
-        float *s = smem + j * chunk;
-        float mx = -INFINITY;
-        for (int t = lane; t < nt; t += 32) mx = fmaxf(mx, s[t]);
-        mx = warp_max(mx);
-        float sum = 0.f;
-        for (int t = lane; t < nt; t += 32) {
-            const float p = exp2f(s[t] - mx);
-            s[t] = p;
-            sum += p;
-        }
-        sum = warp_sum(sum);
-        if (lane == 0) { s_m[j] = mx; s_l[j] = sum; }
-    }
-    __syncthreads();
-
-    // Phase 3: acc[j][:] = sum_t p[j][t] * V[t][:] over this thread's 8 columns.
-    float acc[HB][8];
-#pragma unroll
-    for (int j = 0; j < HB; ++j)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[j][e] = 0.f;
-    for (int base = 0; base < nt; base += NRG * UNROLL) {
-        uint4 vv[UNROLL];
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const int t = base + rg + u * NRG;
-            if (PREV && base == 0)
-                vv[u] = vpre[PREV ? u : 0];
-            else
-                vv[u] = t < nt ? ld_stream16(V + (size_t)t * D) : make_uint4(0, 0, 0, 0);
+                for (int j = 0; j < HB; ++j) sc[u][j] = -INFINITY;
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const int t = base + rg + u * NRG;
-            if (t < nt) {
+        for (int j = 0; j < HB; ++j) {
+            float mb = sc[0][j];
+#pragma unroll
+            for (int u = 1; u < UNROLL; ++u) mb = fmaxf(mb, sc[u][j]);
+#pragma unroll
+            for (int o = TPR; o < 32; o <<= 1) mb = fmaxf(mb, __shfl_xor_sync(0xffffffffu, mb, o));
+            const float mn = fmaxf(m[j], mb);
+            const float mu = mn == -INFINITY ? 0.f : mn;  // no valid row yet: keep zeros, avoid inf - inf
+            const float corr = exp2f(m[j] - mu);
+            l[j] *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[j][e] *= corr;
+            m[j] = mn;
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const float pr = exp2f(sc[u][j] - mu);
                 float vf[8];
                 unpack8(vv[u], vf);
+                l[j] += pr;
 #pragma unroll
-                for (int j = 0; j < HB; ++j) {
-                    const float p = smem[j * chunk + t];
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) acc[j][e] = fmaf(p, vf[e], acc[j][e]);
-                }
+                for (int e = 0; e < 8; ++e) acc[j][e] = fmaf(pr, vf[e], acc[j][e]);
             }
         }
     }
-    // Reduce the row groups of a warp (lanes with equal `sub`), then the 4 warps through smem.
+    // The warp's row groups share m: add their sums, then publish the warp's state.
+#pragma unroll
     for (int o = TPR; o < 32; o <<= 1)
 #pragma unroll
-        for (int j = 0; j < HB; ++j)
+        for (int j = 0; j < HB; ++j) {
+            l[j] += __shfl_xor_sync(0xffffffffu, l[j], o);
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[j][e] += __shfl_xor_sync(0xffffffffu, acc[j][e], o);
-    __syncthreads();  // all reads of the scores are done; reuse smem
-    if (lane < TPR)
+        }
+    if (rg == 0) {
 #pragma unroll
-        for (int j = 0; j < HB; ++j)
+        for (int j = 0; j < HB; ++j) {
 #pragma unroll
-            for (int e = 0; e < 8; ++e) smem[(warp * HB + j) * D + sub * 8 + e] = acc[j][e];
+            for (int e = 0; e < 8; ++e) s_acc[warp][j][sub * 8 + e] = acc[j][e];
+            if (sub == 0) {
+                s_m[warp][j] = m[j];
+                s_l[warp][j] = l[j];
+            }
+        }
+    }
     __syncthreads();
     const int nv = infer_cdiv(L, chunk);
-    if (out && nv == 1) {  // the only split: normalise and store, no partials
-        for (int idx = tid; idx < HB * D; idx += DEC_THREADS) {
-            const int j = idx / D, d = idx - j * D;
-            float o = 0.f;
-#pragma unroll
-            for (int w = 0; w < DEC_THREADS / 32; ++w) o += smem[(w * HB + j) * D + d];
-            out[(size_t)(h0 + j) * D + d] = __float2bfloat16_rn(o * (s_l[j] > 0.f ? 1.f / s_l[j] : 0.f));
-        }
-        return;
-    }
-    for (int idx = tid; idx < HB * D; idx += DEC_THREADS) {
+    for (int idx = tid; idx < HB * D; idx += NT) {
         const int j = idx / D, d = idx - j * D;
-        float s = 0.f;
+        float M = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < DEC_THREADS / 32; ++w) s += smem[(w * HB + j) * D + d];
-        ws_acc[((size_t)(h0 + j) * nsplit + split) * D + d] = s;
+        for (int w = 0; w < NW; ++w) M = fmaxf(M, s_m[w][j]);
+        float o = 0.f, ls = 0.f;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) {
+            const float wt = s_m[w][j] == -INFINITY ? 0.f : exp2f(s_m[w][j] - M);
+            o = fmaf(s_acc[w][j][d], wt, o);
+            ls = fmaf(s_l[w][j], wt, ls);
+        }
+        if (out && nv == 1) {  // the only split: normalise and store, no partials
+            out[(size_t)(h0 + j) * D + d] = __float2bfloat16_rn(o * (ls > 0.f ? 1.f / ls : 0.f));
+        } else {
+            ws_acc[((size_t)(h0 + j) * nsplit + split) * D + d] = o;
+            if (d == 0) {
+                ws_ml[((size_t)(h0 + j) * nsplit + split) * 2 + 0] = M;
+                ws_ml[((size_t)(h0 + j) * nsplit + split) * 2 + 1] = ls;
+            }
+        }
     }
-    if (tid < HB) {
-        ws_ml[((size_t)(h0 + tid) * nsplit + split) * 2 + 0] = s_m[tid];
-        ws_ml[((size_t)(h0 + tid) * nsplit + split) * 2 + 1] = s_l[tid];
-    }
-    if (!out) return;  // the combine kernel merges
+    if (!out || nv == 1) return;  // the combine kernel merges / nothing left to merge
 
     // Last block of this head block to finish merges every split's partial (read from L2).
     __shared__ bool s_last;
@@ -204,19 +202,19 @@ attn_decode_split(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    for (int idx = tid; idx < HB * D; idx += DEC_THREADS) {
+    for (int idx = tid; idx < HB * D; idx += NT) {
         const int j = idx / D, d = idx - j * D;
         const float *ml = ws_ml + (size_t)(h0 + j) * nsplit * 2;
-        const float *acc = ws_acc + (size_t)(h0 + j) * nsplit * D + d;
+        const float *acc_p = ws_acc + (size_t)(h0 + j) * nsplit * D + d;
         float M = -INFINITY;
         for (int sp = 0; sp < nv; ++sp) M = fmaxf(M, __ldcg(ml + 2 * sp));
-        float l = 0.f, o = 0.f;
+        float lsum = 0.f, o = 0.f;
         for (int sp = 0; sp < nv; ++sp) {
             const float w = exp2f(__ldcg(ml + 2 * sp) - M);
-            l += __ldcg(ml + 2 * sp + 1) * w;
-            o += __ldcg(acc + (size_t)sp * D) * w;
+            lsum += __ldcg(ml + 2 * sp + 1) * w;
+            o += __ldcg(acc_p + (size_t)sp * D) * w;
         }
-        out[(size_t)(h0 + j) * D + d] = __float2bfloat16_rn(o * (l > 0.f ? 1.f / l : 0.f));
+        out[(size_t)(h0 + j) * D + d] = __float2bfloat16_rn(o * (lsum > 0.f ? 1.f / lsum : 0.f));
     }
 }
 
@@ -251,15 +249,43 @@ extern "C" size_t infer_attention_workspace_bytes(int n_heads, int head_dim, int
     return (size_t)n_heads * nsplit_for(ctx) * (size_t)(head_dim + 2) * sizeof(float);
 }
 
+static int dec_warps() {  // INFER_ATTN_WARPS=8|16 (A/B timing); default 16
+    static const int w = [] {
+        const char *e = getenv("INFER_ATTN_WARPS");
+        return e && atoi(e) == 8 ? 8 : 16;
+    }();
+    return w;
+}
+
+template <int HB, int D>
+static cudaError_t launch_decode_d(const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *pos, int n_heads,
+                                   int group, int ctx, float *ws, float scale_log2, bf16 *out, cudaStream_t s) {
+    if constexpr (HB * D > 512) {  // shared memory holds 16 warps x HB x D floats (<= 32 KB): halve HB
+        return launch_decode_d<HB / 2, D>(q, k, v, pos, n_heads, group, ctx, ws, scale_log2, out, s);
+    } else {
+        const int chunk = dec_chunk(ctx), nsplit = infer_cdiv(ctx, chunk);
+        float *ml = ws, *acc = ws + (size_t)n_heads * nsplit * 2;
+        if (dec_warps() == 8)
+            INFER_LAUNCH(attn_decode_split<HB, D, 8>, dim3(n_heads / HB, nsplit), dim3(256), 0, s, q, k, v, pos,
+                         group, ctx, chunk, nsplit, ml, acc, scale_log2, out);
+        else
+            INFER_LAUNCH(attn_decode_split<HB, D, 16>, dim3(n_heads / HB, nsplit), dim3(512), 0, s, q, k, v, pos,
+                         group, ctx, chunk, nsplit, ml, acc, scale_log2, out);
+        return cudaSuccess;
+    }
+}
+
 template <int HB>
 static cudaError_t launch_decode(const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *pos, int n_heads,
                                  int group, int D, int ctx, float *ws, float scale_log2, bf16 *out, cudaStream_t s) {
-    const int chunk = dec_chunk(ctx), nsplit = infer_cdiv(ctx, chunk);
-    float *ml = ws, *acc = ws + (size_t)n_heads * nsplit * 2;
-    const int sm_floats = HB * chunk > 4 * HB * D ? HB * chunk : 4 * HB * D;  // <= 32 KB
-    INFER_LAUNCH(attn_decode_split<HB>, dim3(n_heads / HB, nsplit), dim3(DEC_THREADS), sm_floats * sizeof(float), s,
-                 q, k, v, pos, group, D, ctx, chunk, nsplit, ml, acc, scale_log2, out);
-    return cudaSuccess;
+    switch (D) {
+        case 16: return launch_decode_d<HB, 16>(q, k, v, pos, n_heads, group, ctx, ws, scale_log2, out, s);
+        case 32: return launch_decode_d<HB, 32>(q, k, v, pos, n_heads, group, ctx, ws, scale_log2, out, s);
+        case 64: return launch_decode_d<HB, 64>(q, k, v, pos, n_heads, group, ctx, ws, scale_log2, out, s);
+        case 128: return launch_decode_d<HB, 128>(q, k, v, pos, n_heads, group, ctx, ws, scale_log2, out, s);
+        case 256: return launch_decode_d<HB, 256>(q, k, v, pos, n_heads, group, ctx, ws, scale_log2, out, s);
+        default: return cudaErrorInvalidValue;  // the caller routes other head sizes to the prefill kernel
+    }
 }
 
 extern "C" cudaError_t infer_attention_bf16(const void *q, const void *k_cache, const void *v_cache, void *out,
@@ -275,9 +301,8 @@ extern "C" cudaError_t infer_attention_bf16(const void *q, const void *k_cache, 
     bf16 *ob = static_cast<bf16 *>(out);
     const int group = n_heads / n_kv_heads;
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)head_dim);
-    const int tpr = head_dim / 8;
-    const bool pow2_tpr = (tpr & (tpr - 1)) == 0;
-    if (seq > 1 || !pow2_tpr)
+    const bool dec_dim = head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256;
+    if (seq > 1 || !dec_dim)
         return infer_attention_prefill_launch(qb, kb, vb, ob, pos_dev, seq, n_heads, group, head_dim, ctx,
                                               scale_log2, stream);
 
@@ -288,7 +313,7 @@ extern "C" cudaError_t infer_attention_bf16(const void *q, const void *k_cache, 
         const char *e = getenv("INFER_ATTN_COMBINE");
         return e && e[0] == '1';
     }();
-    const bool separate = separate_env || n_heads / hb > ATTN_MAX_HEAD_BLOCKS;
+    const bool separate = separate_env || n_heads > ATTN_MAX_HEAD_BLOCKS;  // counters per head block (HB >= 1)
     bf16 *fused_out = separate ? nullptr : ob;
     cudaError_t e;
     switch (hb) {

@@ -14,6 +14,10 @@
 //    policy: 2.5 GB of weights pass through the 50 MB L2 per decode step, and without it they push
 //    out the KV cache and activations that the attention kernel re-reads (measured on an H100,
 //    Llama-3.2-1B decode: 910 -> 923..933 tok/s; INFER_L2_EF=0 turns it off).
+//  - m == 1 with rows longer than one step (k > 2048: the down projection) double-buffers: the next
+//    step's U*R loads are issued before this step's math (H200, Llama-3.2-1B decode step 931.7 ->
+//    917.7 us; INFER_GEMV_DB=0 turns it off). Measured and dropped: split-K inside the block and a
+//    persistent grid-stride GEMV (G blocks per SM) were both slower in the whole decode step.
 //  - x (m*k bf16, tiny) is read with 16-byte __ldg loads that hit L1 after the first warp of an SM;
 //    each x chunk is converted once and reused for the R rows, each w chunk is reused for the m rows.
 //  - f32 accumulators acc[m][r] are reduced with xor-shuffles; lane (mi*R + r) stores one output, so
@@ -75,6 +79,7 @@ struct GemvArgs {
     const int32_t *pos;
     int n_heads, n_kv, head_dim, ctx;
     float evict_first;  // fraction of the weight loads marked L2 evict-first (set by launch_gemv_out)
+    int prefetch;       // m == 1: issue the next step's weight loads before this step's math (set by launch_gemv_out)
 };
 
 template <int OUT>
@@ -123,23 +128,41 @@ __device__ __forceinline__ int gemv_pair_row(const GemvArgs &a, int gw, int r) {
 
 __device__ __forceinline__ float bf16_round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
+// OUT_ROPE_KV: the position and this warp's (cos, sin), read before the PDL wait. *pos is written by
+// a copy that completes before the step's first kernel starts, and every later kernel starts after
+// its predecessor started, so the value is final here; the table is constant.
+struct RopeIn {
+    int p = 0;
+    float2 cs = make_float2(1.f, 0.f);
+};
+template <int OUT>
+__device__ __forceinline__ RopeIn gemv_rope_in(const GemvArgs &a, int gw) {
+    RopeIn r;
+    if constexpr (OUT == OUT_ROPE_KV) {
+        r.p = *a.pos;
+        const int half = a.head_dim >> 1, rot = (a.n_heads + a.n_kv) * half;
+        if (gw < rot && r.p >= 0 && r.p < a.ctx)
+            r.cs = *reinterpret_cast<const float2 *>(a.cos_sin + ((size_t)r.p * half + gw % half) * 2);
+    }
+    return r;
+}
+
 // Paired epilogue of warp gw (one lane): s0, s1 are the dots of its rows 0 and 1.
 template <int OUT>
-__device__ __forceinline__ void gemv_pair_store(const GemvArgs &a, int gw, float s0, float s1) {
+__device__ __forceinline__ void gemv_pair_store(const GemvArgs &a, int gw, float s0, float s1, const RopeIn &ri) {
     const float x0 = bf16_round(s0), x1 = bf16_round(s1);  // as the unfused GEMV stores them
     if (OUT == OUT_SWIGLU) {
         static_cast<bf16 *>(a.out)[gw] = __float2bfloat16_rn(gemv_silu(x0) * x1);
         return;
     }
-    const int hd = a.head_dim, half = hd >> 1, rot = (a.n_heads + a.n_kv) * half, p = *a.pos;
+    const int hd = a.head_dim, half = hd >> 1, rot = (a.n_heads + a.n_kv) * half, p = ri.p;
     const bool pos_ok = p >= 0 && p < a.ctx;  // else q gets zeros and the caches stay untouched
     if (gw < rot) {
         const int head = gw / half, j = gw - head * half;
         float o1 = 0.f, o2 = 0.f;
         if (pos_ok) {
-            const float2 o = rope_pair(x0, x1, a.cos_sin, p, half, j);
-            o1 = o.x;
-            o2 = o.y;
+            o1 = x0 * ri.cs.x - x1 * ri.cs.y;  // as rope_pair (common.cuh)
+            o2 = x1 * ri.cs.x + x0 * ri.cs.y;
         }
         bf16 *dst = head < a.n_heads ? static_cast<bf16 *>(a.out) + (size_t)head * hd
                     : pos_ok         ? a.k_cache + ((size_t)(head - a.n_heads) * a.ctx + p) * hd
@@ -176,6 +199,8 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
     int c0 = lane;
     const uint64_t pol = l2_policy_evict_first(a.evict_first);
     if (active) gemv_load_w<R, U>(wv, wr, c0, kv, pol);
+    RopeIn ri;
+    if (PAIR && active && lane == 0) ri = gemv_rope_in<OUT>(a, gw);
     pdl_wait();
 
     // Fused inputs (m == 1): the block forms the input row once, as bf16 in shared memory, while
@@ -202,6 +227,13 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
         for (int r = 0; r < R; ++r) acc[mi][r] = 0.f;
 
     while (c0 < kv) {
+        // Double buffering (m == 1, long rows): the next step's weights are requested before this
+        // step's math, so each warp keeps loads in flight across steps.
+        constexpr bool DB = M == 1;
+        uint4 wn[DB ? U : 1][R];
+        const int cn = c0 + 32 * U;
+        const bool db = DB && a.prefetch && cn < kv;
+        if (db) gemv_load_w<R, DB ? U : 1>(wn, wr, cn, kv, pol);
         // x loads for this step (all up front when they fit in registers, PRE_X); then the math.
         constexpr bool PRE_X = M * U <= 8;
         uint4 xv[PRE_X ? U : 1][PRE_X ? M : 1];
@@ -239,13 +271,20 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
                 }
             }
         }
-        c0 += 32 * U;
-        if (c0 < kv) gemv_load_w<R, U>(wv, wr, c0, kv, pol);
+        c0 = cn;
+        if (db) {
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+#pragma unroll
+                for (int r = 0; r < R; ++r) wv[u][r] = wn[DB ? u : 0][r];
+        } else if (c0 < kv) {
+            gemv_load_w<R, U>(wv, wr, c0, kv, pol);
+        }
     }
 
     if constexpr (PAIR) {
         const float s0 = warp_sum(acc[0][0]) * scale, s1 = warp_sum(acc[0][R - 1]) * scale;
-        if (lane == 0) gemv_pair_store<OUT>(a, gw, s0, s1);
+        if (lane == 0) gemv_pair_store<OUT>(a, gw, s0, s1, ri);
     } else {
 #pragma unroll
         for (int mi = 0; mi < M; ++mi) {
@@ -281,6 +320,11 @@ template <int M, int R, int U, int IN>
 static cudaError_t launch_gemv_out(const GemvArgs &args, int out, cudaStream_t s) {
     GemvArgs a = args;
     a.evict_first = gemv_evict_first();
+    static const int prefetch = [] {
+        const char *e = getenv("INFER_GEMV_DB");
+        return e && e[0] == '0' ? 0 : 1;
+    }();
+    a.prefetch = prefetch;
     static_assert(M * R <= 32, "one lane stores each output");
     static_assert(M == 1 || IN == IN_BF16, "fused inputs are formed for one row");
     const dim3 block(GEMV_THREADS);

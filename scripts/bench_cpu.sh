@@ -20,7 +20,7 @@ membw() {
     cargo test --release -p infer-core --test matmul_bench -- --ignored --nocapture 2>/dev/null | grep "plain"
 }
 rm -f "$out"/rustinfer-*.txt "$out"/llama-*.json "$out"/membw.txt
-for round in 1 2; do # alternate the two engines so drift hits both alike
+for round in $(seq "${ROUNDS:-3}"); do # alternate the two engines so drift hits both alike
   echo "round $round rustinfer: $(membw)" | tee -a "$out/membw.txt"
   RAYON_NUM_THREADS=$threads RUSTINFER_MODEL=$model \
     cargo test --release -p infer-core --test perf_cpu -- --ignored --show-output | tee "$out/rustinfer-$round.txt"

@@ -14,6 +14,18 @@ model=${MODEL:-/tmp/llama-3.2-1b-random}
 [ -f "$model/model.safetensors" ] ||
   python3 "$(dirname "$0")/make_random_llama.py" --out "$model" --shape llama-3.2-1b --tokenizer-from "$(dirname "$0")/../tests/fixtures/tiny-llama3"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv | tee "$out/gpu.txt"
+# The hardware limit in the same run: achievable HBM read bandwidth (a 4 GiB bf16 sum, best of 10).
+python3 - <<'PY' | tee "$out/membw.txt"
+import json, torch
+x = torch.empty(2 << 30, dtype=torch.bfloat16, device="cuda").uniform_()
+best = 0.0
+for _ in range(10):
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record(); x.sum(dtype=torch.float32); b.record(); torch.cuda.synchronize()
+    best = max(best, x.numel() * 2 / (a.elapsed_time(b) / 1e3) / 1e12)
+print("BENCH_JSON " + json.dumps({"engine": "read-bandwidth", "read_tbs": round(best, 3),
+                                  "gpu": torch.cuda.get_device_name(0)}))
+PY
 RUSTINFER_MODEL=$model "$bin" test_llama3_cuda_performance --ignored --nocapture --test-threads=1 2>&1 | tee "$out/rustinfer.txt"
 [ "${HF_EAGER:-1}" = 1 ] && timeout 300 python3 "$(dirname "$0")/bench_hf.py" "$model" 2>&1 | grep -v Warning | tail -3 | tee "$out/hf.txt"
 timeout 400 python3 "$(dirname "$0")/bench_hf.py" "$model" --compile 2>&1 | tail -3 | tee "$out/hf_compile.txt"

@@ -5,6 +5,8 @@
 #include "../include/infer_kernels.h"
 #include "test_util.h"
 
+#include <string>
+
 static const double kPeakGBs = 3000.0;  // achievable HBM3 read bandwidth used for the % column
 static cudaStream_t g_s;                // non-blocking stream for all timed launches (as the engine uses)
 
@@ -117,7 +119,33 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
     const uint16_t *lm = wts.p + per_layer * c.layers, *nf = lm + (size_t)c.vocab * hd;
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const bool fused = getenv("BENCH_UNFUSED") == nullptr;  // the engine's fused decode path (default)
+    // BENCH_SKIP=<stage> leaves one stage out of every layer (qkv, attn, o, gu, down) or the head
+    // (head): the step's time difference is that stage's cost in place, overlap included.
+    const char *skip_env = getenv("BENCH_SKIP");
+    const std::string skip = skip_env ? skip_env : "";
+    auto step_fused = [&]() {
+        CK(infer_embedding_bf16(ids.p, lm, x.p, 1, c.hidden, c.vocab, s));
+        for (int l = 0; l < c.layers; ++l) {
+            const uint16_t *wq = wts.p + per_layer * l, *wo = wq + qkvn * hd, *wgu = wo + hd * (size_t)c.H * c.D,
+                           *wd = wgu + 2 * (size_t)c.inter * hd, *n1 = wd + hd * c.inter, *n2 = n1 + hd;
+            uint16_t *kc = caches.p + 2 * cache_el * l, *vc = kc + cache_el;
+            if (skip != "qkv")
+                CK(infer_gemv_rope_kv_bf16(x.p, wq, n1, 1e-5f, q.p, kc, vc, cs.p, posd.p, c.H, c.KV, c.D, ctx, c.hidden,
+                                           1, s));
+            if (skip != "attn") CK(infer_attention_bf16(q.p, kc, vc, attn.p, posd.p, 1, c.H, c.KV, c.D, ctx, ws.p, wsb, s));
+            if (skip != "o") CK(infer_gemv_fused_bf16(attn.p, wo, nullptr, 0.f, x.p, 1, c.hidden, c.H * c.D, 0, 2, s));
+            if (skip != "gu") CK(infer_gemv_fused_bf16(x.p, wgu, n2, 1e-5f, act.p, 1, c.inter, c.hidden, 1, 3, s));
+            if (skip != "down") CK(infer_gemv_fused_bf16(act.p, wd, nullptr, 0.f, x.p, 1, c.hidden, c.inter, 0, 2, s));
+        }
+        if (skip != "head") {
+            CK(infer_add_rms_norm_bf16(x.p, nullptr, nf, xn.p, 1, c.hidden, 1e-5f, s));
+            CK(infer_gemv_bf16(xn.p, lm, logits.p, 1, c.vocab, c.hidden, 1, s));
+            CK(infer_argmax_f32(logits.p, c.vocab, ids.p, aws.p, s));
+        }
+    };
     auto step = [&]() {
+        if (fused) return step_fused();
         CK(infer_embedding_bf16(ids.p, lm, x.p, 1, c.hidden, c.vocab, s));
         for (int l = 0; l < c.layers; ++l) {
             const uint16_t *wq = wts.p + per_layer * l, *wo = wq + qkvn * hd, *wgu = wo + hd * (size_t)c.H * c.D,
@@ -156,8 +184,8 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
     CK(cudaEventElapsedTime(&ms, a, b));
     const double us = ms * 1e3 / iters;
     const double bytes = 2.0 * (per_layer * c.layers + (size_t)c.vocab * hd) + 4.0 * c.layers * c.KV * (pos + 1.0) * c.D;
-    printf("decode step %-5s (graph, PDL %s) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
-           c.name, getenv("INFER_NO_PDL") ? "off" : "on", pos, us, 1e6 / us, bytes / us / 1e3, bytes / us / 1e3 / kPeakGBs * 100,
+    printf("decode step %-5s (graph, PDL %s, %s) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
+           c.name, getenv("INFER_NO_PDL") ? "off" : "on", fused ? "fused" : "unfused", pos, us, 1e6 / us, bytes / us / 1e3, bytes / us / 1e3 / kPeakGBs * 100,
            kPeakGBs);
     cudaEventDestroy(a);
     cudaEventDestroy(b);
@@ -169,6 +197,7 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
 void run_decode_benchmarks() {
     const ModelCfg l1b{"1B", 2048, 32, 8, 64, 8192, 16, 128256};
     const ModelCfg l8b{"8B", 4096, 32, 8, 128, 14336, 32, 128256};
+    bench_decode_step(l1b, 1024, 144);
     bench_decode_step(l1b, 4096, 1023);
     bench_decode_step(l1b, 4096, 4095);
     bench_decode_step(l8b, 4096, 1023);
@@ -198,6 +227,8 @@ void run_benchmarks() {
     bench_gemv(512, 16384, 2048, false, "gate_up prefill");
     bench_gemv(512, 2048, 8192, false, "down prefill");
     bench_gemv(512, 14336 * 2, 4096, false, "gate_up 8B prefill");
+    bench_decode_attn(32, 8, 64, 1024, 100, "1B");
+    bench_decode_attn(32, 8, 64, 1024, 272, "1B");
     bench_decode_attn(32, 8, 64, 4096, 1024, "1B");
     bench_decode_attn(32, 8, 64, 4096, 4096, "1B");
     bench_decode_attn(32, 8, 128, 4096, 4096, "8B");

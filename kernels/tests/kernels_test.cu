@@ -516,6 +516,11 @@ int main(int argc, char **argv) {
     test_attention(1, 32, 8, 64, 20000, 19999);  // chunk 256, 79 splits
     test_attention(1, 32, 8, 64, 20000, 5000);
     test_attention(1, 4, 2, 96, 100, 50);      // head_dim 96: generic path
+    test_attention(1, 8, 2, 256, 600, 555);    // head_dim 256, 3 splits
+    test_attention(1, 16, 2, 256, 300, 299);   // head_dim 256, group 8 (HB halved to 4)
+    test_attention(1, 8, 4, 32, 700, 650);     // head_dim 32
+    test_attention(1, 32, 8, 64, 1024, 255);   // exactly one full split
+    test_attention(1, 32, 8, 64, 1024, 256);   // one row into the second split
     test_attention_graph();
     test_attention(7, 4, 2, 16, 64, 5);
     test_attention(7, 32, 8, 64, 512, 13);

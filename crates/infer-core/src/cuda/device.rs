@@ -145,6 +145,21 @@ impl CudaDevice {
         self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
     }
 
+    /// The GPU's name as the driver reports it (e.g. "NVIDIA H200").
+    pub fn name(&self) -> Result<String> {
+        self.ctx.name().map_err(|e| driver_err("device name", e))
+    }
+
+    /// Theoretical DRAM bandwidth in bytes/s: 2 transfers per memory clock times the bus width
+    /// (H100 SXM: 3.35e12, H200: 4.8e12). Benchmarks report their bandwidth against it.
+    pub fn peak_bandwidth(&self) -> Result<f64> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let get = |a, what| self.ctx.attribute(a).map_err(|e| driver_err(what, e));
+        let khz = get(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE, "memory clock")? as f64;
+        let bits = get(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH, "memory bus width")? as f64;
+        Ok(2.0 * khz * 1e3 * bits / 8.0)
+    }
+
     /// Free and total device memory in bytes.
     pub fn memory_info(&self) -> Result<(usize, usize)> {
         self.bind()?;

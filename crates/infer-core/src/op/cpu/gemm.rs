@@ -122,7 +122,7 @@ pub(crate) fn gemv_bf16dot(
     n: usize,
     k: usize,
 ) {
-    use super::avx512_gemv::{NARROW, RMAX, WIDE, dots};
+    use super::avx512_gemv::{NARROW, RMAX, WIDE, dots, dots_rows, row_at_a_time};
     debug_assert!(m <= RMAX && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
     let stride = padded_stride(k.div_ceil(2));
     let mut xp = vec![0u32; m * stride];
@@ -144,7 +144,11 @@ pub(crate) fn gemv_bf16dot(
                 let row = c0 + cg + j;
                 *slot = &w[row * k..(row + 1) * k];
             }
-            dots(cpu, xr, &wr[..cl], k, &mut acc);
+            if row_at_a_time() {
+                dots_rows(cpu, xr, &wr[..cl], k, &mut acc);
+            } else {
+                dots(cpu, xr, &wr[..cl], k, &mut acc);
+            }
             for (r, out_row) in rows.iter_mut().enumerate() {
                 out_row[cg..cg + cl].copy_from_slice(&acc[r * cl..(r + 1) * cl]);
             }
