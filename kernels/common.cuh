@@ -97,9 +97,11 @@ static __host__ __device__ inline int infer_cdiv(int a, int b) { return (a + b -
 // bf16 -> f32 is exact: the bf16 bits are the high half of the f32.
 // RoPE of one rotation pair (x1 = element j, x2 = element j + head_dim / 2 of a head) at position
 // p, with cos_sin the [positions][head_dim / 2][2] (cos, sin) table: (x1 cos - x2 sin, x2 cos + x1 sin).
-__device__ __forceinline__ float2 rope_pair(float x1, float x2, const float *cos_sin, int p, int half, int j) {
-    const float2 cs = *reinterpret_cast<const float2 *>(cos_sin + ((size_t)p * half + j) * 2);
+__device__ __forceinline__ float2 rope_rotate(float x1, float x2, float2 cs) {
     return make_float2(x1 * cs.x - x2 * cs.y, x2 * cs.x + x1 * cs.y);
+}
+__device__ __forceinline__ float2 rope_pair(float x1, float x2, const float *cos_sin, int p, int half, int j) {
+    return rope_rotate(x1, x2, *reinterpret_cast<const float2 *>(cos_sin + ((size_t)p * half + j) * 2));
 }
 
 __device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }

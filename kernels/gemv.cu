@@ -161,8 +161,9 @@ __device__ __forceinline__ void gemv_pair_store(const GemvArgs &a, int gw, float
         const int head = gw / half, j = gw - head * half;
         float o1 = 0.f, o2 = 0.f;
         if (pos_ok) {
-            o1 = x0 * ri.cs.x - x1 * ri.cs.y;  // as rope_pair (common.cuh)
-            o2 = x1 * ri.cs.x + x0 * ri.cs.y;
+            const float2 o = rope_rotate(x0, x1, ri.cs);
+            o1 = o.x;
+            o2 = o.y;
         }
         bf16 *dst = head < a.n_heads ? static_cast<bf16 *>(a.out) + (size_t)head * hd
                     : pos_ok         ? a.k_cache + ((size_t)(head - a.n_heads) * a.ctx + p) * hd
