@@ -4,7 +4,7 @@
 # static cache, eager and torch.compile) on the same weights and prompt lengths, and writes
 # BENCH_JSON lines to $OUT (or ./bench-out).
 #   scripts/bench_cuda.sh CUDA_MODEL_TEST_BINARY
-# With LLAMA_CPP=DIR (a llama.cpp CUDA build from ../shared/tools/build_llama_cpp.sh: DIR/bin and
+# HF_EAGER=0 / HF_COMPILE=0 skip the transformers runs. With LLAMA_CPP=DIR (a llama.cpp CUDA build from ../shared/tools/build_llama_cpp.sh: DIR/bin and
 # DIR/convert_hf_to_gguf.py) the same weights are converted to a bf16 GGUF and llama-bench runs too
 # (-fa 0, all layers on the GPU, 5 repetitions: pp512 and tg256).
 set -uo pipefail
@@ -28,7 +28,7 @@ print("BENCH_JSON " + json.dumps({"engine": "read-bandwidth", "read_tbs": round(
 PY
 RUSTINFER_MODEL=$model "$bin" test_llama3_cuda_performance --ignored --nocapture --test-threads=1 2>&1 | tee "$out/rustinfer.txt"
 [ "${HF_EAGER:-1}" = 1 ] && timeout 300 python3 "$(dirname "$0")/bench_hf.py" "$model" 2>&1 | grep -v Warning | tail -3 | tee "$out/hf.txt"
-timeout 400 python3 "$(dirname "$0")/bench_hf.py" "$model" --compile 2>&1 | tail -3 | tee "$out/hf_compile.txt"
+[ "${HF_COMPILE:-1}" = 1 ] && timeout 400 python3 "$(dirname "$0")/bench_hf.py" "$model" --compile 2>&1 | tail -3 | tee "$out/hf_compile.txt"
 if [ -n "${LLAMA_CPP:-}" ]; then
   gguf=$model/model-bf16.gguf
   [ -f "$gguf" ] || python3 "$LLAMA_CPP/convert_hf_to_gguf.py" "$model" --outtype bf16 --outfile "$gguf" > "$out/convert.log" 2>&1

@@ -232,6 +232,10 @@ impl Llama3 {
         // Any other sampling on a GPU: the device samples (penalties included), only ids cross.
         let device_sample = !greedy_fast && self.samples_on_device();
         let on_device = greedy_fast || device_sample;
+        // Greedy on a GPU keeps two steps in flight: the step after the current one is queued on
+        // the device's own argmax result before the host reads the current id.
+        let pipeline = greedy_fast && self.pipelines_greedy();
+        let mut in_flight = 0usize;
         let t1 = Instant::now();
         let mut next: Option<u32> = None;
         while g.ids.len() < opts.max_new_tokens {
@@ -248,14 +252,23 @@ impl Llama3 {
             let more = g.ids.len() < opts.max_new_tokens;
             let pos = context.len() - 1;
             if more && greedy_fast {
-                // Plain greedy on a GPU: queue the next step now, detokenize while it runs.
-                self.greedy_launch(id, pos)?;
+                // Plain greedy on a GPU: queue the next step now (unless it was queued one
+                // iteration ago), detokenize while it runs.
+                if in_flight == 0 {
+                    self.greedy_launch(id, pos)?;
+                    in_flight = 1;
+                }
+                if pipeline && in_flight == 1 && g.ids.len() + 1 < opts.max_new_tokens {
+                    self.greedy_launch_next(pos + 1)?;
+                    in_flight = 2;
+                }
             } else if more && device_sample {
                 if g.ids.len() == 1 {
                     // The first id came from the prefill logits on the host; the device takes over.
                     self.sample_start(sc, &context, &g.ids)?;
                 }
                 self.sample_launch(id, pos, sampler.uniform())?;
+                in_flight = 1;
             }
             g.text.push_str(&decoder.push(&self.tokenizer, id)?);
             let (delta, stopped) = stops.scan(&mut g.text, false);
@@ -263,9 +276,6 @@ impl Llama3 {
                 on_text(&delta);
             }
             if stopped {
-                if more && on_device {
-                    self.greedy_wait()?; // leave no step in flight
-                }
                 g.finish_reason = FinishReason::Stop;
                 hit_stop_string = true;
                 break;
@@ -275,10 +285,15 @@ impl Llama3 {
             }
             if on_device {
                 next = Some(self.greedy_wait()?);
+                in_flight -= 1;
             } else {
                 logits.copy_from_slice(self.forward_tokens(&[id], pos, false)?.as_f32()?);
             }
             g.decode_tokens += 1;
+        }
+        // Leave no step in flight (after an EOS id or a stop string, queued steps still run).
+        for _ in 0..in_flight {
+            self.greedy_wait()?;
         }
         g.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
         if !hit_stop_string {

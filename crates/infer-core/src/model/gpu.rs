@@ -2,9 +2,10 @@
 //! (bf16, projections fused), positions/ids in device memory, and the decode step captured as a
 //! CUDA graph and replayed.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaGraph, sys};
+use cudarc::driver::{CudaEvent, CudaGraph, PinnedHostSlice, sys};
 use half::bf16;
 
 use super::llama3::{LayerWeights, Weights};
@@ -40,6 +41,15 @@ pub(crate) struct GpuState {
     pub eager_steps: usize,
     /// The id the last decode step's argmax left in `ids` (so the next step need not upload it).
     pub device_next: Option<u32>,
+    /// Page-locked host slots the decode steps' next ids are copied into, asynchronously, right
+    /// after each step: two slots, so a second step can be queued before the first one's id is
+    /// read (greedy generation keeps two steps in flight; see `Llama3::greedy_launch_next`).
+    readback: [PinnedHostSlice<i32>; 2],
+    /// Recorded after each copy into the slot of the same index. (The slots' own events are not
+    /// recorded: the context runs without cudarc's event tracking, see `cuda::device`.)
+    readback_done: [CudaEvent; 2],
+    /// Steps in flight, oldest first: (readback slot, position the id they produce will take).
+    inflight: VecDeque<(usize, usize)>,
 }
 
 // SAFETY: the only non-`Send` members are cudarc's `CudaGraph`s (raw CUgraph/CUgraphExec
@@ -60,8 +70,51 @@ impl GpuState {
             sampler: DeviceSampler::new(&dev, vocab)?,
             eager_steps: 0,
             device_next: None,
+            readback: [pinned_i32(&dev)?, pinned_i32(&dev)?],
+            readback_done: [readback_event(&dev)?, readback_event(&dev)?],
+            inflight: VecDeque::with_capacity(2),
             dev,
         })
+    }
+
+    /// Steps whose ids have not been read yet.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The position the newest step in flight produces an id for.
+    pub fn newest_out_pos(&self) -> Option<usize> {
+        self.inflight.back().map(|&(_, p)| p)
+    }
+
+    /// Forgets the steps in flight without reading their ids (a prefill rewrites `ids`; their
+    /// slots are only read again after a new copy into them completes).
+    pub fn forget_in_flight(&mut self) {
+        self.inflight.clear();
+    }
+
+    /// Queues the copy of the id the step just launched leaves in `ids` (the step's next id, for
+    /// position `out_pos`). At most two steps are in flight.
+    pub fn push_readback(&mut self, out_pos: usize) -> Result<()> {
+        if self.inflight.len() >= 2 {
+            return Err(Error::op("decode", "more than two decode steps in flight"));
+        }
+        let slot = self.inflight.back().map_or(0, |&(s, _)| 1 - s);
+        let GpuState { dev, ids, readback, readback_done, .. } = self;
+        dev.stream.memcpy_dtoh(&ids.data.slice(..1), &mut readback[slot]).map_err(|e| driver_err("id readback", e))?;
+        readback_done[slot].record(&dev.stream).map_err(|e| driver_err("id readback event", e))?;
+        self.inflight.push_back((slot, out_pos));
+        Ok(())
+    }
+
+    /// Waits for the oldest step in flight; its next id and the position that id takes.
+    pub fn pop_readback(&mut self) -> Result<(i32, usize)> {
+        let (slot, out_pos) =
+            self.inflight.pop_front().ok_or_else(|| Error::op("decode", "no decode step in flight"))?;
+        self.readback_done[slot].synchronize().map_err(|e| driver_err("id readback wait", e))?;
+        let v = self.readback[slot].as_slice().map_err(|e| driver_err("id readback", e))?;
+        let id = v.first().copied().ok_or_else(|| Error::op("decode", "empty readback slot"))?;
+        Ok((id, out_pos))
     }
 
     /// Starts capturing the stream's work into a graph.
@@ -87,6 +140,18 @@ impl GpuState {
             None => Err(Error::op("cuda_graph", "no captured graph")),
         }
     }
+}
+
+/// One page-locked (not write-combined: the host reads it) i32 slot on `dev`'s context.
+fn pinned_i32(dev: &CudaDevice) -> Result<PinnedHostSlice<i32>> {
+    // SAFETY: the slot's contents are undefined until a copy lands in it; `GpuState` reads a
+    // slot only after waiting for a copy queued into it (`inflight` records which).
+    unsafe { dev.ctx.alloc_pinned_with_flags::<i32>(1, 0) }.map_err(|e| driver_err("pinned host alloc", e))
+}
+
+/// An event that marks a readback copy done (spin-waited: the host wants the id at once).
+fn readback_event(dev: &CudaDevice) -> Result<CudaEvent> {
+    dev.ctx.new_event(None).map_err(|e| driver_err("event create", e))
 }
 
 /// Rows of several host tensors stacked into one tensor (fused projections): the blocks as they

@@ -439,6 +439,7 @@ impl Llama3 {
             g.ids.set(&dev_ids)?;
             g.pos.set(&[pos0 as i32])?;
             g.device_next = None;
+            g.forget_in_flight(); // `ids` now holds the chunk, not a step's next id
         }
         self.run_layers(ids, Kv::Own(pos0))
     }
@@ -536,6 +537,36 @@ impl Llama3 {
         Ok(())
     }
 
+    /// Queues, behind the greedy step in flight, the step at `pos` whose input is that step's
+    /// next id, still on the device: generation keeps two steps in flight, so the GPU never
+    /// waits for the host between tokens. [`Llama3::greedy_wait`] returns the ids in launch
+    /// order. `pos` must be the position the newest step in flight produces an id for. GPU only.
+    pub fn greedy_launch_next(&mut self, pos: usize) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = self.gpu.as_ref() {
+            if g.newest_out_pos() != Some(pos) {
+                return Err(Error::InvalidArgument(format!(
+                    "greedy_launch_next({pos}): no step in flight produces the id for position {pos}"
+                )));
+            }
+            if pos + 1 > self.cache.context() {
+                return Err(Error::ContextOverflow {
+                    prompt_tokens: pos + 1,
+                    max_new_tokens: 0,
+                    context_length: self.cache.context(),
+                });
+            }
+            self.cached_ids.truncate(pos);
+            self.enqueue_decode_step(None, pos, Select::Greedy)?;
+            // Not known on the host yet: `decode_outputs` writes it when the step before is read
+            // (u32::MAX never matches a prompt id, so prefix reuse stops here until then).
+            self.cached_ids.push(u32::MAX);
+            return Ok(());
+        }
+        let _ = pos;
+        Err(Error::InvalidArgument("greedy_launch_next needs a GPU model".into()))
+    }
+
     /// The next id of the step started by [`Llama3::greedy_launch`] or [`Llama3::sample_launch`].
     pub fn greedy_wait(&mut self) -> Result<u32> {
         if let Some(id) = self.pending_greedy.take() {
@@ -546,6 +577,16 @@ impl Llama3 {
             return self.decode_outputs(false);
         }
         Err(Error::InvalidArgument("greedy_wait without greedy_launch".into()))
+    }
+
+    /// Whether [`Llama3::greedy_launch_next`] can queue a second greedy step (a GPU model
+    /// without tensor parallelism).
+    pub fn pipelines_greedy(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            return true;
+        }
+        false
     }
 
     /// Whether this model can sample on its device ([`Llama3::sample_start`]): true on a GPU.
@@ -612,14 +653,20 @@ impl Llama3 {
                 context_length: self.cache.context(),
             });
         }
+        // Steps still in flight (an abandoned pipelined generation) are read and dropped first,
+        // so the next `decode_outputs` returns this step's id.
+        while self.gpu.as_ref().is_some_and(|g| g.in_flight() > 0) {
+            self.decode_outputs(false)?;
+        }
         self.cached_ids.truncate(pos);
-        self.enqueue_decode_step(id, pos, select)?;
+        self.enqueue_decode_step(Some(id), pos, select)?;
         self.cached_ids.push(id);
         Ok(())
     }
 
     #[cfg(feature = "cuda")]
-    fn enqueue_decode_step(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
+    /// `id: None`: the input id is the one the step before left in device memory.
+    fn enqueue_decode_step(&mut self, id: Option<u32>, pos: usize, select: Select) -> Result<()> {
         self.ws.resize(1)?;
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
         // A graph is valid for the buffers it was captured with: workspace and device scratch.
@@ -630,7 +677,9 @@ impl Llama3 {
             }
         }
         // The previous step's argmax already left its id in device memory.
-        if g.device_next != Some(id) {
+        if let Some(id) = id
+            && g.device_next != Some(id)
+        {
             g.ids.set(&[id as i32])?;
         }
         g.pos.set(&[pos as i32])?;
@@ -641,18 +690,21 @@ impl Llama3 {
             if capture {
                 g.begin_capture()?;
             }
-            let run = self.decode_ops(id, pos, select);
+            // The host id is not read on the GPU (the step embeds the id in device memory).
+            let run = self.decode_ops(id.unwrap_or(0), pos, select);
             let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
             if !capture {
-                return run;
+                run?;
+                return g.push_readback(pos + 1);
             }
             // End the capture even when an op failed, so the stream is usable again.
             let ended = g.end_capture(capacity, select);
             run?;
             ended?;
         }
-        let g = self.gpu.as_ref().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        g.launch(select)
+        let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        g.launch(select)?;
+        g.push_readback(pos + 1)
     }
 
     /// The decode step's ops (what the graph captures): layers, final norm, LM head into the
@@ -672,13 +724,21 @@ impl Llama3 {
     #[cfg(feature = "cuda")]
     fn decode_outputs(&mut self, want_logits: bool) -> Result<u32> {
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        let next = g.ids.first()?;
+        let (next, out_pos) = g.pop_readback()?;
         let next = u32::try_from(next)
             .map_err(|_| Error::InvalidArgument("sampler: none of the logits is selectable (NaN or -inf)".into()))?;
-        g.device_next = Some(next);
+        // With a newer step in flight, `ids` holds (or will hold) that step's result instead.
+        g.device_next = (g.in_flight() == 0).then_some(next);
         if want_logits {
+            if g.in_flight() > 0 {
+                return Err(Error::op("decode", "logits asked for while a newer step is in flight"));
+            }
             let host = g.logits.to_host()?;
             self.ws.logits.as_f32_mut()?.copy_from_slice(host.as_f32()?);
+        }
+        // A step queued behind this one already took position out_pos with a placeholder id.
+        if let Some(slot) = self.cached_ids.get_mut(out_pos) {
+            *slot = next;
         }
         Ok(next)
     }
