@@ -34,20 +34,7 @@ fn map_file(path: &Path) -> Result<Arc<Mmap>> {
     // SAFETY: the file is opened read-only and mapped read-only; like every mmap-based loader
     // (safetensors, llama.cpp) we assume it is not truncated by another process while mapped.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    advise_huge_pages(&map);
     Ok(Arc::new(map))
-}
-
-/// Asks the kernel to back a weight mapping with transparent huge pages (`INFER_MMAP_HUGE=1`):
-/// CPU decode streams every weight once per token, and with 4 KiB pages that is a TLB miss per
-/// 4 KiB read. Only a hint: an unsupported kernel or filesystem leaves the mapping as it is.
-pub(crate) fn advise_huge_pages(map: &Mmap) {
-    #[cfg(target_os = "linux")]
-    if std::env::var("INFER_MMAP_HUGE").is_ok_and(|v| v.trim() == "1") {
-        let _ = map.advise(memmap2::Advice::HugePage);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = map;
 }
 
 impl WeightStore {
