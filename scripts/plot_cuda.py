@@ -45,6 +45,7 @@ for ax, key, roof, title in [(axes[0], "pp512", roof_pp, "prefill, 512-token pro
     ax.set_title(title)
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=8)
-fig.suptitle(f"{gpu}, random Llama-3.2-1B-shaped bf16 weights, same device run")
+import os  # PLOT_NOTE replaces "same device run" when bars come from more than one call
+fig.suptitle(f"{gpu}, random Llama-3.2-1B-shaped bf16 weights, {os.environ.get('PLOT_NOTE', 'same device run')}")
 fig.tight_layout()
 fig.savefig(png, dpi=110)
