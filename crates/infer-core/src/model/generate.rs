@@ -233,8 +233,9 @@ impl Llama3 {
         let device_sample = !greedy_fast && self.samples_on_device();
         let on_device = greedy_fast || device_sample;
         // Greedy on a GPU keeps two steps in flight: the step after the current one is queued on
-        // the device's own argmax result before the host reads the current id.
-        let pipeline = greedy_fast && self.pipelines_greedy();
+        // the device's own argmax result before the host reads the current id. It needs the
+        // same device decode state as device sampling (absent with tensor parallelism).
+        let pipeline = greedy_fast && self.samples_on_device();
         let mut in_flight = 0usize;
         let t1 = Instant::now();
         let mut next: Option<u32> = None;

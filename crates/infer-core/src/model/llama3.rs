@@ -549,13 +549,7 @@ impl Llama3 {
                     "greedy_launch_next({pos}): no step in flight produces the id for position {pos}"
                 )));
             }
-            if pos + 1 > self.cache.context() {
-                return Err(Error::ContextOverflow {
-                    prompt_tokens: pos + 1,
-                    max_new_tokens: 0,
-                    context_length: self.cache.context(),
-                });
-            }
+            self.check_decode_pos(pos)?;
             self.cached_ids.truncate(pos);
             self.enqueue_decode_step(None, pos, Select::Greedy)?;
             // Not known on the host yet: `decode_outputs` writes it when the step before is read
@@ -577,16 +571,6 @@ impl Llama3 {
             return self.decode_outputs(false);
         }
         Err(Error::InvalidArgument("greedy_wait without greedy_launch".into()))
-    }
-
-    /// Whether [`Llama3::greedy_launch_next`] can queue a second greedy step (a GPU model
-    /// without tensor parallelism).
-    pub fn pipelines_greedy(&self) -> bool {
-        #[cfg(feature = "cuda")]
-        if self.gpu.is_some() {
-            return true;
-        }
-        false
     }
 
     /// Whether this model can sample on its device ([`Llama3::sample_start`]): true on a GPU.
@@ -646,13 +630,7 @@ impl Llama3 {
     /// records `id` as cached at `pos`.
     #[cfg(feature = "cuda")]
     fn decode_launch(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
-        if pos + 1 > self.cache.context() {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: pos + 1,
-                max_new_tokens: 0,
-                context_length: self.cache.context(),
-            });
-        }
+        self.check_decode_pos(pos)?;
         // Steps still in flight (an abandoned pipelined generation) are read and dropped first,
         // so the next `decode_outputs` returns this step's id.
         while self.gpu.as_ref().is_some_and(|g| g.in_flight() > 0) {
@@ -661,6 +639,19 @@ impl Llama3 {
         self.cached_ids.truncate(pos);
         self.enqueue_decode_step(Some(id), pos, select)?;
         self.cached_ids.push(id);
+        Ok(())
+    }
+
+    /// A decode step at `pos` must fit the KV cache.
+    #[cfg(feature = "cuda")]
+    fn check_decode_pos(&self, pos: usize) -> Result<()> {
+        if pos + 1 > self.cache.context() {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: pos + 1,
+                max_new_tokens: 0,
+                context_length: self.cache.context(),
+            });
+        }
         Ok(())
     }
 
