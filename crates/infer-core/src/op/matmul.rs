@@ -151,6 +151,7 @@ mod tests {
         (7, 300, 1030),
         (65, 131, 2053),
         (130, 70, 4100),
+        (20, 7, 96),
     ];
 
     #[test]
@@ -173,8 +174,10 @@ mod tests {
     fn fast_bf16_path_is_close() {
         // Activations are rounded to bf16 (relative error <= 2^-9 each, products exact, f32
         // sums): |err| <= 2^-9 · Σ|x·w| + f32 accumulation error; allow 4e-3 of Σ|x·w|.
-        // Covers the decode kernel (m <= 4: both tile widths, odd k, k tails) and the packed
-        // kernel (several k blocks, a partial last row block, prefetch across panels).
+        // Covers the decode kernel (m <= 4: both tile widths, odd k, k tails), the weight-
+        // broadcast prefill kernel (even k: partial 16-row blocks, a second group of 64 rows,
+        // fewer than 6 weight rows left) and the packed kernel (odd k: several k blocks, a
+        // partial last row block, prefetch across panels).
         // Without AVX512_BF16 (or on another ISA) Fast must equal Exact bit for bit.
         for isa in simd::available() {
             for &(m, n, k) in SHAPES {

@@ -57,7 +57,7 @@ fn round_row(_cpu: Avx512Bf16, src: &[f32], dst: &mut [bf16]) {
 /// Transposes a 16×16 block of 32-bit elements held in `r` (row `i` in `r[i]`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn transpose16(r: &mut [__m512i; 16]) {
+pub(crate) fn transpose16(r: &mut [__m512i; 16]) {
     let mut a = [_mm512_setzero_si512(); 16];
     for i in 0..8 {
         a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);

@@ -9,9 +9,12 @@
 //!   (independent accumulators, several DRAM streams).
 //! * [`gemm`] (a few to a few dozen rows, or no AVX-512): a panel of weight rows × `KC` is
 //!   widened once into an f32 buffer, then register tiles of dot products run against it.
-//! * [`gemm_packed_f32`] / [`gemm_packed_bf16dot`] (prefill on AVX-512): panels are packed
-//!   k-major (transposed) once, and an outer-product micro-kernel keeps a 12 × 32 output tile
-//!   in registers, BLIS style; see `avx512_gemm`.
+//! * [`gemm_bf16_wbcast`] (fast bf16 prefill with AVX512_BF16, even k): the activations are
+//!   packed 16 rows per vector, the weights are read in place and broadcast, a pair at a time;
+//!   see `avx512_wgemm`.
+//! * [`gemm_packed_f32`] / [`gemm_packed_bf16dot`] (other prefill on AVX-512): panels are
+//!   packed k-major (transposed) once, and an outer-product micro-kernel keeps a 12 × 32
+//!   output tile in registers, BLIS style; see `avx512_gemm`.
 //!
 //! Activation copies and panels use [`padded_stride`] so the rows a tile reads together do
 //! not alias in L1 (a 4 KiB row stride, as for k = 1024 f32 or 2048 bf16, would).
@@ -154,6 +157,63 @@ pub(crate) fn gemv_bf16dot(
             }
         }
     });
+}
+
+/// Fast bf16 prefill (AVX512_BF16, k even) with the weights read in place: activations packed
+/// once in blocks of 16 rows, `6 x (16 x 4)` outer-product tiles that broadcast weight pairs
+/// (see `avx512_wgemm`). Each 6-row weight tile comes from DRAM once and is reused from L1/L2
+/// by every group of 64 activation rows.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemm_bf16_wbcast(
+    cpu: super::avx512::Avx512Bf16,
+    x: &[f32],
+    w: &[half::bf16],
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    use super::avx512_wgemm::{LANES, VMAX, WR, micro, pack_acts};
+    debug_assert!(k.is_multiple_of(2) && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    let xp = pack_acts(cpu, x, m, k);
+    let block = k / 2 * LANES; // u32 per packed block of 16 rows
+    let blocks = m.div_ceil(LANES);
+    let nb = block_cols(m, n, k, WR, WR);
+    par_col_blocks(out, m, n, nb, |c0, rows| {
+        let ncols = rows.first().map_or(0, |r| r.len());
+        for cg in (0..ncols).step_by(WR) {
+            let cl = WR.min(ncols - cg);
+            let mut wr: [&[half::bf16]; WR] = [&[]; WR];
+            for (j, slot) in wr.iter_mut().enumerate().take(cl) {
+                let at = (c0 + cg + j) * k;
+                *slot = &w[at..at + k];
+            }
+            for b0 in (0..blocks).step_by(VMAX) {
+                let bl = VMAX.min(blocks - b0);
+                let mut xs: [&[u32]; VMAX] = [&[]; VMAX];
+                for (v, slot) in xs.iter_mut().enumerate().take(bl) {
+                    *slot = &xp[(b0 + v) * block..(b0 + v + 1) * block];
+                }
+                let r0 = b0 * LANES;
+                let rl = (bl * LANES).min(m - r0);
+                // The first activation group prefetches the next weight tile (clamped to rows of
+                // this block: prefetch addresses are never dereferenced).
+                let next: [*const u32; WR] = std::array::from_fn(|j| {
+                    let row = c0 + (cg + WR + j).min(ncols - 1);
+                    w[row * k..].as_ptr().cast()
+                });
+                let next = (b0 == 0 && prefetch_next()).then_some(&next);
+                micro(cpu, &xs[..bl], &wr[..cl], &mut rows[r0..r0 + rl], cg, next);
+            }
+        }
+    });
+}
+
+/// `INFER_CPU_PF=0` turns off the next-tile prefetch of [`gemm_bf16_wbcast`] (A/B timing).
+#[cfg(target_arch = "x86_64")]
+fn prefetch_next() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("INFER_CPU_PF").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Blocked dot-product matmul: weight panels are widened to f32 once per `KC` slice, then

@@ -3,8 +3,8 @@
 //!
 //! Kernel families are picked at runtime ([`simd`]): AVX-512 (F/BW/VL + FMA), AVX2 (+ FMA,
 //! F16C), or portable Rust; non-x86 targets compile the portable path only. All `unsafe`
-//! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_gemm.rs`, `avx2.rs` and `vec.rs`
-//! (and `quant/{x86,avx2,avx512}.rs`); the drivers in `gemm.rs` and `quant/mod.rs` are safe
+//! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_gemm.rs`, `avx512_gemv.rs`,
+//! `avx512_wgemm.rs`, `avx2.rs` and `vec.rs` (and `quant/{x86,avx2,avx512}.rs`); the drivers in `gemm.rs` and `quant/mod.rs` are safe
 //! code over bounds-checked slices.
 //!
 //! Block-quantized weights go to [`quant`] (integer dots on 8-bit activations) under
@@ -24,6 +24,8 @@ mod avx512;
 mod avx512_gemm;
 #[cfg(target_arch = "x86_64")]
 mod avx512_gemv;
+#[cfg(target_arch = "x86_64")]
+mod avx512_wgemm;
 
 pub use simd::{Isa, isa};
 pub use vec::{axpy_f32, dot_f32};
@@ -158,6 +160,9 @@ pub(crate) fn matmul_with(
         let bf16dot = if fast { avx512::Avx512Bf16::new() } else { None };
         let packed = m >= PACKED_MIN_ROWS;
         match (w, bf16dot) {
+            (TensorData::BF16(w), Some(bf)) if k.is_multiple_of(2) && !packed_bf16() => {
+                return gemm::gemm_bf16_wbcast(bf, x, w, out, m, n, k);
+            }
             (TensorData::BF16(w), Some(bf)) => return gemm::gemm_packed_bf16dot(bf, x, w, out, m, n, k),
             (TensorData::BF16(w), None) if packed => return gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
             (TensorData::F32(w), _) if packed => return gemm::gemm_packed_f32(cpu, x, w, out, m, n, k),
@@ -172,6 +177,14 @@ pub(crate) fn matmul_with(
         TensorData::BF16(w) => dispatch(isa, x, w, out, m, n, k),
         TensorData::Quant(..) => unreachable!("matmul_nt routes quantized weights before matmul_with"),
     }
+}
+
+/// Whether fast bf16 prefill packs weight panels (`INFER_CPU_GEMM=packed`, the older path kept
+/// for A/B timing) instead of reading the weight rows in place (default).
+#[cfg(target_arch = "x86_64")]
+fn packed_bf16() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("INFER_CPU_GEMM").is_ok_and(|v| v.trim() == "packed"))
 }
 
 fn dispatch<W: Weight>(isa: Isa, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
