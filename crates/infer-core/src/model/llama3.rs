@@ -408,7 +408,11 @@ impl Llama3 {
             });
         }
         let rows_out = if all_logits { ids.len() } else { 1 };
-        self.ws.logits = Tensor::zeros(&[rows_out, self.config.vocab_size], DType::F32);
+        // Every row is overwritten below: reuse the buffer when the shape matches (a decode step
+        // then allocates nothing for its 128k logits).
+        if self.ws.logits.shape() != [rows_out, self.config.vocab_size] {
+            self.ws.logits = Tensor::zeros(&[rows_out, self.config.vocab_size], DType::F32);
+        }
         #[cfg(feature = "cuda")]
         if ids.len() == 1 && !all_logits && self.gpu.is_some() {
             self.decode_step_graph(ids[0], pos0, true)?;
@@ -518,6 +522,9 @@ impl Llama3 {
         let vocab = self.config.vocab_size;
         let rows = ws.h.copy_rows(seq - rows_n, rows_n)?; // [rows, hidden]
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
+        if self.device.is_cpu() && out_row == 0 && ws.logits.shape() == [rows_n, vocab] {
+            return matmul_with_precision(&rows, head, &mut ws.logits, self.precision); // [rows, vocab]
+        }
         let mut out = Tensor::zeros_on(&[rows_n, vocab], DType::F32, self.device)?;
         matmul_with_precision(&rows, head, &mut out, self.precision)?; // [rows, vocab]
         let out = out.to_host()?;
