@@ -39,14 +39,21 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: u
     let (q, k, v) = (q.as_f32()?, k.as_f32()?, v.as_f32()?);
     let out = out.as_f32_mut()?;
     // One task per (row, head): out[i, h*hd..] depends only on q[i, h] and KV head h / group.
-    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, o)| {
+    let head = |idx: usize, o: &mut [f32], scores: &mut Vec<f32>| {
         let (i, h) = (idx / n_heads, idx % n_heads);
         let kv = h / group;
         let n = pos0 + i + 1; // causal: positions 0..=pos0+i
         let qh = &q[i * width + h * hd..][..hd];
         let (kh, vh) = (&k[kv * ctx * hd..][..n * hd], &v[kv * ctx * hd..][..n * hd]);
         attend_row(qh, n, |t| &kh[t * hd..][..hd], |t| &vh[t * hd..][..hd], scale, scores, o);
-    });
+    };
+    if seq == 1 {
+        // Decode: one short loop per layer, on the spinning pool like the matvecs around it.
+        let mut heads: Vec<&mut [f32]> = out.chunks_mut(hd).collect();
+        crate::op::cpu::pool::for_each_mut(&mut heads, |idx, o| head(idx, o, &mut Vec::new()));
+    } else {
+        out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| head(idx, o, scores));
+    }
     Ok(())
 }
 

@@ -37,6 +37,8 @@ const PANEL_BYTES: usize = 256 * 1024;
 const SERIAL_MACS: usize = 1 << 17;
 /// Smallest slice of weights worth a decode task of its own.
 const GEMV_MIN_TASK_BYTES: usize = 64 * 1024;
+/// Calls with at most this many activation rows (decode) run on the spinning pool.
+const DECODE_ROWS: usize = 4;
 /// Column blocks per thread, for load balance.
 const BLOCKS_PER_THREAD: usize = 4;
 
@@ -66,7 +68,10 @@ where
             block.push(part);
         }
     }
-    if blocks.len() == 1 {
+    if m <= DECODE_ROWS {
+        // Decode: short loops, many per step: the spinning pool (see `pool`).
+        super::pool::for_each_mut(&mut blocks, |i, rows| f(i * nb, rows));
+    } else if blocks.len() == 1 {
         f(0, &mut blocks[0]);
     } else {
         blocks.into_par_iter().enumerate().for_each(|(i, mut rows)| f(i * nb, &mut rows));

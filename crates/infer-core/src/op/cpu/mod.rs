@@ -12,6 +12,7 @@
 
 mod gemm;
 mod kernel;
+pub(crate) mod pool;
 pub mod quant;
 pub mod simd;
 mod vec;
