@@ -4,8 +4,9 @@
 //! Kernel families are picked at runtime ([`simd`]): AVX-512 (F/BW/VL + FMA), AVX2 (+ FMA,
 //! F16C), or portable Rust; non-x86 targets compile the portable path only. All `unsafe`
 //! (intrinsics) lives in the ISA files `avx512.rs`, `avx512_gemm.rs`, `avx512_gemv.rs`,
-//! `avx512_wgemm.rs`, `avx2.rs` and `vec.rs` (and `quant/{x86,avx2,avx512}.rs`); the drivers in `gemm.rs` and `quant/mod.rs` are safe
-//! code over bounds-checked slices.
+//! `avx512_wgemm.rs`, `avx2.rs` and `vec.rs` (and `quant/{x86,avx2,avx512}.rs`), plus the job
+//! hand-off of the decode thread pool (`pool.rs`); the drivers in `gemm.rs` and `quant/mod.rs`
+//! are safe code over bounds-checked slices.
 //!
 //! Block-quantized weights go to [`quant`] (integer dots on 8-bit activations) under
 //! [`Precision::Fast`], or are dequantized one row at a time under [`Precision::Exact`].
