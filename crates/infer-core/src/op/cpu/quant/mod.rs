@@ -12,7 +12,7 @@
 //!
 //! A kernel reads one weight row and dots it with up to [`ROWS`] activation rows, so a
 //! prefill chunk loads each weight row once per [`ROWS`] tokens. The driver here is safe code:
-//! rayon over chunks of weight rows.
+//! rayon over chunks of weight rows (the decode pool, `super::pool`, for one activation row).
 //!
 //! Residual refinement: 8-bit activations alone lose up to 1/254 of each block's largest value,
 //! enough to flip a greedy choice whose logit margin is ~0.1 (llama.cpp answers SmolLM2's
@@ -246,7 +246,10 @@ pub(crate) fn matmul_fast(
     // Weight rows per task: enough tasks to balance (4 per thread), at most 64 rows.
     let per_task = (n / (4 * rayon::current_num_threads())).clamp(1, 64);
     if m == 1 {
-        out.par_chunks_mut(per_task).zip(w.par_chunks(per_task * row_bytes)).for_each(|(o, w)| {
+        // Decode: on the spinning pool, like the bf16 matvecs (see `pool`).
+        let mut outs: Vec<&mut [f32]> = out.chunks_mut(per_task).collect();
+        super::pool::for_each_mut(&mut outs, |t, o| {
+            let w = &w[t * per_task * row_bytes..][..o.len() * row_bytes];
             for (o, w) in o.iter_mut().zip(w.chunks_exact(row_bytes)) {
                 let mut two = [0.0f32; 2];
                 kern(dtype, w, &rows, &mut two);
