@@ -113,7 +113,8 @@ impl QActs {
             return a;
         }
         let rows = a.qs.par_chunks_mut(k).zip(a.d.par_chunks_mut(k / block)).zip(a.sums.par_chunks_mut(sums_per_row));
-        rows.zip(x.par_chunks(k)).for_each(|(((qs, d), sums), x)| {
+        // A decode step's 1-2 rows run on the calling thread: a rayon loop costs more than them.
+        rows.zip(x.par_chunks(k)).with_min_len(8).for_each(|(((qs, d), sums), x)| {
             let blocks = x.chunks_exact(block).zip(qs.chunks_exact_mut(block)).zip(d.iter_mut());
             for (i, ((x, q), d)) in blocks.enumerate() {
                 *d = if block == 256 { quantize_q8_k(x, q) } else { quantize_q8_32(x, q) };
