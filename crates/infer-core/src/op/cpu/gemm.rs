@@ -193,6 +193,12 @@ pub(crate) fn gemm_bf16_wbcast(
                 let at = (c0 + cg + j) * k;
                 *slot = &w[at..at + k];
             }
+            // The first activation group prefetches the next weight tile (clamped to rows of this
+            // block: prefetch addresses are never dereferenced).
+            let next: [*const u32; WR] = std::array::from_fn(|j| {
+                let row = c0 + (cg + WR + j).min(ncols - 1);
+                w[row * k..].as_ptr().cast()
+            });
             for b0 in (0..blocks).step_by(VMAX) {
                 let bl = VMAX.min(blocks - b0);
                 let mut xs: [&[u32]; VMAX] = [&[]; VMAX];
@@ -201,12 +207,6 @@ pub(crate) fn gemm_bf16_wbcast(
                 }
                 let r0 = b0 * LANES;
                 let rl = (bl * LANES).min(m - r0);
-                // The first activation group prefetches the next weight tile (clamped to rows of
-                // this block: prefetch addresses are never dereferenced).
-                let next: [*const u32; WR] = std::array::from_fn(|j| {
-                    let row = c0 + (cg + WR + j).min(ncols - 1);
-                    w[row * k..].as_ptr().cast()
-                });
                 let next = (b0 == 0 && prefetch_next()).then_some(&next);
                 micro(cpu, &xs[..bl], &wr[..cl], &mut rows[r0..r0 + rl], cg, next);
             }
