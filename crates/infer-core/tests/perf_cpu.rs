@@ -124,3 +124,54 @@ fn rss_bytes() -> f64 {
         .map(|kb| kb * 1024.0)
         .unwrap_or(0.0)
 }
+
+/// In-process A/B of decode variants (ignored; a benchmark): one knob of `op::cpu::tuning`
+/// (`AB_KNOB`, default `decode_task_bytes`) changes between single-token steps, round robin over
+/// the values of `AB_VALUES` (comma-separated), so that the VM's bandwidth drift hits every
+/// variant alike. Prints the median step time and tok/s per value; `AB_TRACE=1` prints each step.
+///   RAYON_NUM_THREADS=2 AB_KNOB=gemv_prefetch_bytes AB_VALUES=0,1024 \
+///     cargo test --release -p infer-core --test perf_cpu decode_ab -- --ignored --nocapture
+#[test]
+#[ignore = "benchmark: needs a 1B-shaped model (2.5 GB) and minutes of CPU"]
+fn decode_ab() {
+    use infer_core::op::cpu::tuning::Knob;
+    let name = std::env::var("AB_KNOB").unwrap_or_else(|_| Knob::DecodeTaskBytes.name().into());
+    let knob = Knob::from_name(&name).unwrap_or_else(|| panic!("AB_KNOB: no knob {name}, see op::cpu::tuning"));
+    let variants: Vec<usize> = std::env::var("AB_VALUES")
+        .map(|v| {
+            v.split(',').map(|x| x.trim().parse::<usize>().expect("AB_VALUES: comma-separated integers")).collect()
+        })
+        .unwrap_or_else(|_| vec![knob.default_value()]);
+    let steps: usize = std::env::var("AB_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
+    let trace = std::env::var("AB_TRACE").is_ok();
+    let dir = model_dir();
+    let opts = LoadOptions { context_length: Some(1024), ..LoadOptions::default() };
+    let mut model = Llama3::load(&dir, opts).unwrap();
+    let prompt = model.tokenize("The quick brown fox jumps over the lazy dog.", true).unwrap();
+    model.forward_tokens(&prompt, 0, false).unwrap();
+    let mut times = vec![Vec::new(); variants.len()];
+    for s in 0..steps + variants.len() {
+        let v = s % variants.len();
+        knob.set(variants[v]);
+        let t = Instant::now();
+        model.forward_tokens(&[prompt[s % prompt.len()]], prompt.len() + s, false).unwrap();
+        let dt = t.elapsed().as_secs_f64();
+        if s >= variants.len() {
+            times[v].push(dt);
+        }
+        if trace {
+            eprint!("{:.1} ", dt * 1e3);
+        }
+    }
+    knob.set(knob.default_value());
+    let base = median(times[0].clone());
+    for (v, t) in variants.iter().zip(times) {
+        let med = median(t);
+        println!(
+            "{name} = {v}: median step {:.2} ms = {:.2} tok/s ({:.3}x the first)",
+            med * 1e3,
+            1.0 / med,
+            base / med
+        );
+    }
+}

@@ -35,8 +35,6 @@ const KC_PACKED_BF16: usize = 2048;
 const PANEL_BYTES: usize = 256 * 1024;
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_MACS: usize = 1 << 17;
-/// Smallest slice of weights worth a decode task of its own.
-const GEMV_MIN_TASK_BYTES: usize = 64 * 1024;
 /// Calls with at most this many activation rows (decode) run on the spinning pool.
 const DECODE_ROWS: usize = 4;
 /// Column blocks per thread, for load balance.
@@ -54,6 +52,18 @@ fn block_cols(m: usize, n: usize, k: usize, unit: usize, min_cols: usize) -> usi
     }
     let tasks = rayon::current_num_threads() * BLOCKS_PER_THREAD;
     round_up(n.div_ceil(tasks).max(min_cols), unit)
+}
+
+/// Columns per decode task: about [`Knob::DecodeTaskBytes`](super::tuning::Knob) of
+/// weight rows, a multiple of `unit`, with at least `BLOCKS_PER_THREAD` tasks per thread when
+/// the matrix allows; the whole of `n` when the call is too small to be worth splitting.
+fn decode_cols(m: usize, n: usize, k: usize, row_bytes: usize, unit: usize) -> usize {
+    if m * n * k < SERIAL_MACS {
+        return n.max(1);
+    }
+    let by_bytes = super::tuning::Knob::DecodeTaskBytes.get() / row_bytes.max(1);
+    let by_threads = n.div_ceil(rayon::current_num_threads() * BLOCKS_PER_THREAD);
+    round_up(by_bytes.min(by_threads).max(1), unit)
 }
 
 /// Splits `out` (`[m, n]` row-major) into blocks of `nb` columns and runs `f(col0, rows)` on
@@ -94,7 +104,7 @@ pub(crate) fn gemv<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut 
     debug_assert!(m <= K::RMAX && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
     let row_bytes = k * size_of::<W>();
     let cols = K::gemv_cols(m);
-    let nb = block_cols(m, n, k, cols, GEMV_MIN_TASK_BYTES.div_ceil(row_bytes.max(1)));
+    let nb = decode_cols(m, n, k, row_bytes, cols);
     let mut xr: [&[f32]; MAX_TILE] = [&[]; MAX_TILE];
     for (r, slot) in xr.iter_mut().enumerate().take(m) {
         *slot = &x[r * k..(r + 1) * k];
@@ -136,7 +146,7 @@ pub(crate) fn gemv_bf16dot(
     let mut xp = vec![0u32; m * stride];
     super::avx512_gemm::round_pairs(cpu, x, m, k, &mut xp);
     let cols = if m <= 2 { WIDE } else { NARROW };
-    let nb = block_cols(m, n, k, cols, GEMV_MIN_TASK_BYTES.div_ceil(2 * k.max(1)));
+    let nb = decode_cols(m, n, k, 2 * k, cols);
     let mut xr: [&[u32]; RMAX] = [&[]; RMAX];
     for (r, slot) in xr.iter_mut().enumerate().take(m) {
         *slot = &xp[r * stride..r * stride + k.div_ceil(2)];

@@ -16,6 +16,7 @@ mod kernel;
 pub(crate) mod pool;
 pub mod quant;
 pub mod simd;
+pub mod tuning;
 mod vec;
 
 #[cfg(target_arch = "x86_64")]
