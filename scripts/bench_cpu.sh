@@ -20,15 +20,15 @@ membw() {
     cargo test --release -p infer-core --test matmul_bench -- --ignored --nocapture 2>/dev/null | grep "plain"
 }
 rm -f "$out"/rustinfer-*.txt "$out"/llama-*.json "$out"/membw.txt
-for round in $(seq "${ROUNDS:-3}"); do # alternate the two engines so drift hits both alike
+for round in $(seq "${ROUNDS:-6}"); do # alternate the two engines so drift hits both alike
   echo "round $round rustinfer: $(membw)" | tee -a "$out/membw.txt"
   RAYON_NUM_THREADS=$threads RUSTINFER_MODEL=$model \
-    cargo test --release -p infer-core --test perf_cpu -- --ignored --show-output | tee "$out/rustinfer-$round.txt"
+    cargo test --release -p infer-core --test perf_cpu -- --ignored --show-output test_llama3_cpu_loading_and_generation | tee "$out/rustinfer-$round.txt"
   echo "round $round llama.cpp: $(membw)" | tee -a "$out/membw.txt"
-  LD_LIBRARY_PATH="$llama/bin" "$llama/bin/llama-bench" -m "$gguf" -t "$threads" -p 64,128 -n 32 -r 3 -o json \
+  LD_LIBRARY_PATH="$llama/bin" "$llama/bin/llama-bench" -m "$gguf" -t "$threads" -p 64,128 -n 128 -r 2 -o json \
     > "$out/llama-$round.json"
 done
 # Precision::Exact (f32 activations, --precise) once, for the table's extra column.
 RAYON_NUM_THREADS=$threads RUSTINFER_MODEL=$model RUSTINFER_PRECISION=exact \
-  cargo test --release -p infer-core --test perf_cpu -- --ignored --show-output | tee "$out/exact.txt"
+  cargo test --release -p infer-core --test perf_cpu -- --ignored --show-output test_llama3_cpu_loading_and_generation | tee "$out/exact.txt"
 python3 scripts/plot_bench.py cpu "$out" test_images/cpu_bench.png | tee "$out/cpu_table.md"

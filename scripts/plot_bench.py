@@ -1,35 +1,53 @@
 #!/usr/bin/env python3
-"""Reads bench-out/ (RustInfer's BENCH_JSON lines and llama-bench JSON), prints a markdown table
-of the best round of each engine with ratios, and draws a bar chart.
+"""Reads bench-out/ (RustInfer's BENCH_JSON lines and llama-bench JSON, one file per round, the
+two engines run alternately), prints a markdown table of each engine's median over the rounds,
+the median of the per-round ratios (each round's two runs are neighbours in time, so the VM's
+bandwidth drift hits both alike) and the rounds one by one, and draws a bar chart of the medians.
   plot_bench.py cpu OUT_DIR PNG"""
-import glob, json, sys
+import glob, json, re, statistics, sys
 
 kind, out, png = sys.argv[1], sys.argv[2], sys.argv[3]
-ours = {}
-for f in sorted(glob.glob(f"{out}/rustinfer-*.txt")):
+KEYS = ("pp64", "pp128", "tg")
+
+
+def round_no(path):
+    return int(re.search(r"-(\d+)\.", path).group(1))
+
+
+ours_r, peer_r, isa = {}, {}, "?"
+for f in glob.glob(f"{out}/rustinfer-*.txt"):
     for line in open(f):
         if line.startswith("BENCH_JSON "):
             d = json.loads(line[len("BENCH_JSON "):])
-            for k in ("pp64", "pp128", "tg"):
-                ours[k] = max(ours.get(k, 0.0), d[k])
-            ours["isa"] = d.get("isa", "?")
+            ours_r[round_no(f)] = {k: d[k] for k in KEYS}
+            isa = d.get("isa", "?")
 exact = {}
 for line in (open(f"{out}/exact.txt") if glob.glob(f"{out}/exact.txt") else []):
     if line.startswith("BENCH_JSON "):
         exact = json.loads(line[len("BENCH_JSON "):])
-peer = {}
-for f in sorted(glob.glob(f"{out}/llama-*.json")):
+for f in glob.glob(f"{out}/llama-*.json"):
     for r in json.load(open(f)):
         k = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else "tg"
-        peer[k] = max(peer.get(k, 0.0), r["avg_ts"])
+        peer_r.setdefault(round_no(f), {})[k] = r["avg_ts"]
+rounds = sorted(set(ours_r) & set(peer_r))
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+ours = {k: med([ours_r[r][k] for r in rounds]) for k in KEYS}
+peer = {k: med([peer_r[r].get(k, float("nan")) for r in rounds]) for k in KEYS}
+ratio = {k: [ours_r[r][k] / peer_r[r][k] for r in rounds if peer_r[r].get(k)] for k in KEYS}
 rows = [("prefill 64 tokens", "pp64"), ("prefill 128 tokens", "pp128"), ("decode", "tg")]
 extra = " RustInfer `--precise` |" if exact else ""
-print(f"| {kind.upper()} tok/s | RustInfer ({ours.get('isa','?')}) | llama.cpp | ratio |{extra}")
+print(f"{len(rounds)} rounds; tok/s are medians over the rounds, the ratio is the median of the per-round ratios\n")
+print(f"| {kind.upper()} tok/s | RustInfer ({isa}) | llama.cpp | ratio (per-round range) |{extra}")
 print("|---|---:|---:|---:|" + ("---:|" if exact else ""))
 for label, k in rows:
-    a, b = ours.get(k, 0.0), peer.get(k, 0.0)
     e = f" {exact.get(k, 0.0):.1f} |" if exact else ""
-    print(f"| {label} | {a:.1f} | {b:.1f} | {a / b if b else float('nan'):.2f}x |{e}")
+    rr = ratio[k]
+    span = f" ({min(rr):.2f}-{max(rr):.2f})" if rr else ""
+    print(f"| {label} | {ours[k]:.1f} | {peer[k]:.1f} | **{med(rr):.2f}x**{span} |{e}")
+print()
+for k in KEYS:
+    pairs = " / ".join(f"{ours_r[r][k]:.1f} vs {peer_r[r].get(k, float('nan')):.1f}" for r in rounds)
+    print(f"- {k} by round (RustInfer vs llama.cpp): {pairs}")
 try:
     import matplotlib
     matplotlib.use("Agg")
