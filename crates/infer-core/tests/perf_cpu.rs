@@ -128,7 +128,8 @@ fn rss_bytes() -> f64 {
 /// In-process A/B of decode variants (ignored; a benchmark): one knob of `op::cpu::tuning`
 /// (`AB_KNOB`, default `decode_task_bytes`) changes between single-token steps, round robin over
 /// the values of `AB_VALUES` (comma-separated), so that the VM's bandwidth drift hits every
-/// variant alike. Prints the median step time and tok/s per value; `AB_TRACE=1` prints each step.
+/// variant alike. Prints the median step time and tok/s per value; `AB_TRACE=1` prints each step;
+/// `AB_PREFILL=N` times prefills of N tokens instead (per-token figures).
 ///   RAYON_NUM_THREADS=2 AB_KNOB=gemv_prefetch_bytes AB_VALUES=0,1024 \
 ///     cargo test --release -p infer-core --test perf_cpu decode_ab -- --ignored --nocapture
 #[test]
@@ -149,13 +150,21 @@ fn decode_ab() {
     let mut model = Llama3::load(&dir, opts).unwrap();
     let prompt = model.tokenize("The quick brown fox jumps over the lazy dog.", true).unwrap();
     model.forward_tokens(&prompt, 0, false).unwrap();
+    // AB_PREFILL=N: each step is a prefill of N tokens from an empty cache instead.
+    let prefill: Option<usize> = std::env::var("AB_PREFILL").ok().and_then(|v| v.parse().ok());
+    let long: Vec<u32> = (0..prefill.unwrap_or(0)).map(|i| prompt[i % prompt.len()]).collect();
     let mut times = vec![Vec::new(); variants.len()];
     for s in 0..steps + variants.len() {
         let v = s % variants.len();
         knob.set(variants[v]);
         let t = Instant::now();
-        model.forward_tokens(&[prompt[s % prompt.len()]], prompt.len() + s, false).unwrap();
-        let dt = t.elapsed().as_secs_f64();
+        if prefill.is_some() {
+            model.reset();
+            model.forward_tokens(&long, 0, false).unwrap();
+        } else {
+            model.forward_tokens(&[prompt[s % prompt.len()]], prompt.len() + s, false).unwrap();
+        }
+        let dt = t.elapsed().as_secs_f64() / prefill.unwrap_or(1) as f64;
         if s >= variants.len() {
             times[v].push(dt);
         }

@@ -23,9 +23,7 @@ pub fn swiglu(gate_up: &Tensor, out: &mut Tensor) -> Result<()> {
     let gu = gate_up.as_f32()?;
     out.as_f32_mut()?.par_chunks_mut(inter).zip(gu.par_chunks(width)).for_each(|(o, row)| {
         let (g, u) = row.split_at(inter);
-        for ((o, &x), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = x / (1.0 + (-x).exp()) * u;
-        }
+        super::cpu::silu_mul_f32(g, u, o);
     });
     Ok(())
 }

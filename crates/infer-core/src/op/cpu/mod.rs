@@ -31,7 +31,7 @@ mod avx512_gemv;
 mod avx512_wgemm;
 
 pub use simd::{Isa, isa};
-pub use vec::{axpy_f32, dot_f32};
+pub use vec::{axpy_f32, dot_f32, silu_mul_f32};
 
 use super::Precision;
 use crate::base::{Error, Result};
