@@ -28,9 +28,33 @@ pub fn linear_with_precision<W: Borrow<Tensor>>(
     match ws {
         [] => Err(Error::op(NAME, "no weight matrices")),
         [w] => matmul_with_precision(x, w.borrow(), out, precision),
+        _ if !out.is_cuda() && !x.is_cuda() && x.dtype() == DType::F32 && out.dtype() == DType::F32 => {
+            // Several parts (CPU keeps checkpoint tensors unfused, in place): each part's
+            // matmul writes its own columns of `out` directly (row stride `total`).
+            let k = x.dims2(NAME)?.1;
+            if !x.is_contiguous() || !out.is_contiguous() {
+                return Err(Error::op(NAME, "x and out must be contiguous"));
+            }
+            let (x, out) = (x.as_f32()?, out.as_f32_mut()?);
+            let mut col = 0;
+            for (w, &n) in ws.iter().zip(&widths) {
+                let w = w.borrow();
+                if w.dims2(NAME)?.1 != k {
+                    return Err(Error::op(
+                        NAME,
+                        format!("x [{m}, {k}] · wᵀ with w {:?}: inner dims differ", w.shape()),
+                    ));
+                }
+                if !w.is_contiguous() {
+                    return Err(Error::op(NAME, format!("w {:?} must be contiguous", w.shape())));
+                }
+                super::cpu::matmul_nt_cols(x, w.data()?, out, total, col, m, n, k, precision)?;
+                col += n;
+            }
+            Ok(())
+        }
         _ => {
-            // Several parts (CPU keeps checkpoint tensors unfused, in place): project into a
-            // scratch per part, then interleave the columns.
+            // Several parts elsewhere: project into a scratch per part, then interleave the columns.
             let mut col = 0;
             for (w, &n) in ws.iter().zip(&widths) {
                 let mut part = Tensor::zeros(&[m, n], DType::F32);
@@ -75,5 +99,49 @@ mod tests {
         assert_eq!(out.as_f32().unwrap(), &[1., 2., 3., 3., 4., 7.]);
         let mut wrong = Tensor::zeros(&[2, 2], DType::F32);
         assert!(linear(&x, &[a, b], &mut wrong).is_err());
+    }
+
+    /// Parts written in place (row stride = the total width) equal each part's own matmul,
+    /// bit for bit, on every CPU path: decode (m <= 4), prefill kernels, odd k, f32 and bf16
+    /// weights, both precisions.
+    #[test]
+    fn in_place_parts_equal_separate_matmuls() {
+        use crate::op::test_fill as fill;
+        for (m, k) in [(1, 64), (3, 33), (5, 64), (20, 96), (70, 33), (70, 128)] {
+            let x = Tensor::from_f32(&[m, k], fill(m * k, 7 + m as u64)).unwrap();
+            for bf16 in [false, true] {
+                let parts: Vec<Tensor> = [37usize, 50, 8]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| {
+                        let v = fill(n * k, 100 + i as u64);
+                        if bf16 {
+                            Tensor::from_bf16(&[n, k], v.into_iter().map(half::bf16::from_f32).collect()).unwrap()
+                        } else {
+                            Tensor::from_f32(&[n, k], v).unwrap()
+                        }
+                    })
+                    .collect();
+                for p in [Precision::Fast, Precision::Exact] {
+                    let mut out = Tensor::zeros(&[m, 95], DType::F32);
+                    linear_with_precision(&x, &parts, &mut out, p).unwrap();
+                    let mut col = 0;
+                    for w in &parts {
+                        let n = w.shape()[0];
+                        let mut one = Tensor::zeros(&[m, n], DType::F32);
+                        crate::op::matmul::matmul_with_precision(&x, w, &mut one, p).unwrap();
+                        for r in 0..m {
+                            let got = &out.as_f32().unwrap()[r * 95 + col..r * 95 + col + n];
+                            assert_eq!(
+                                got,
+                                &one.as_f32().unwrap()[r * n..(r + 1) * n],
+                                "m={m} k={k} bf16={bf16} {p:?}"
+                            );
+                        }
+                        col += n;
+                    }
+                }
+            }
+        }
     }
 }

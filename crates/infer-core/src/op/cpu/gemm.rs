@@ -40,6 +40,26 @@ const DECODE_ROWS: usize = 4;
 /// Column blocks per thread, for load balance.
 const BLOCKS_PER_THREAD: usize = 4;
 
+/// A drivers' output matrix: `m` rows of `n` columns, row `r` starting at `data[r * ld]`
+/// (`ld >= n`; `ld > n` writes a column range of a wider matrix, e.g. one part of a fused
+/// projection, in place).
+pub(crate) struct Out<'a> {
+    pub data: &'a mut [f32],
+    pub ld: usize,
+}
+
+impl<'a> Out<'a> {
+    /// A dense `[m, n]` output (`ld = n`).
+    pub fn dense(data: &'a mut [f32], n: usize) -> Self {
+        Out { data, ld: n.max(1) }
+    }
+
+    /// Whether `m` rows of `n` columns fit.
+    fn holds(&self, m: usize, n: usize) -> bool {
+        self.ld >= n && (m == 0 || self.data.len() >= (m - 1) * self.ld + n)
+    }
+}
+
 fn round_up(v: usize, to: usize) -> usize {
     v.div_ceil(to) * to
 }
@@ -68,13 +88,13 @@ fn decode_cols(m: usize, n: usize, k: usize, row_bytes: usize, unit: usize) -> u
 
 /// Splits `out` (`[m, n]` row-major) into blocks of `nb` columns and runs `f(col0, rows)` on
 /// each in parallel, where `rows[r]` is output row `r` restricted to the block.
-fn par_col_blocks<F>(out: &mut [f32], m: usize, n: usize, nb: usize, f: F)
+fn par_col_blocks<F>(out: Out<'_>, m: usize, n: usize, nb: usize, f: F)
 where
     F: Fn(usize, &mut [&mut [f32]]) + Sync + Send,
 {
     let mut blocks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(nb)).map(|_| Vec::with_capacity(m)).collect();
-    for row in out.chunks_mut(n).take(m) {
-        for (block, part) in blocks.iter_mut().zip(row.chunks_mut(nb)) {
+    for row in out.data.chunks_mut(out.ld).take(m) {
+        for (block, part) in blocks.iter_mut().zip(row[..n].chunks_mut(nb)) {
             block.push(part);
         }
     }
@@ -100,8 +120,8 @@ fn pad_rows(x: &[f32], m: usize, k: usize) -> (usize, Vec<f32>) {
 
 /// Decode: `m <= K::RMAX` rows, weights widened in registers. `x` is `[m, k]`, `w` is `[n, k]`,
 /// `out` is `[m, n]`.
-pub(crate) fn gemv<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
-    debug_assert!(m <= K::RMAX && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+pub(crate) fn gemv<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: Out<'_>, m: usize, n: usize, k: usize) {
+    debug_assert!(m <= K::RMAX && x.len() >= m * k && w.len() >= n * k && out.holds(m, n));
     let row_bytes = k * size_of::<W>();
     let cols = K::gemv_cols(m);
     let nb = decode_cols(m, n, k, row_bytes, cols);
@@ -135,13 +155,13 @@ pub(crate) fn gemv_bf16dot(
     cpu: super::avx512::Avx512Bf16,
     x: &[f32],
     w: &[half::bf16],
-    out: &mut [f32],
+    out: Out<'_>,
     m: usize,
     n: usize,
     k: usize,
 ) {
     use super::avx512_gemv::{NARROW, RMAX, WIDE, dots, dots_rows, row_at_a_time};
-    debug_assert!(m <= RMAX && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    debug_assert!(m <= RMAX && x.len() >= m * k && w.len() >= n * k && out.holds(m, n));
     let stride = padded_stride(k.div_ceil(2));
     let mut xp = vec![0u32; m * stride];
     super::avx512_gemm::round_pairs(cpu, x, m, k, &mut xp);
@@ -183,13 +203,13 @@ pub(crate) fn gemm_bf16_wbcast(
     cpu: super::avx512::Avx512Bf16,
     x: &[f32],
     w: &[half::bf16],
-    out: &mut [f32],
+    out: Out<'_>,
     m: usize,
     n: usize,
     k: usize,
 ) {
     use super::avx512_wgemm::{LANES, VMAX, WR, micro, pack_acts};
-    debug_assert!(k.is_multiple_of(2) && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    debug_assert!(k.is_multiple_of(2) && x.len() >= m * k && w.len() >= n * k && out.holds(m, n));
     let xp = pack_acts(cpu, x, m, k);
     let block = k / 2 * LANES; // u32 per packed block of 16 rows
     let blocks = m.div_ceil(LANES);
@@ -233,8 +253,8 @@ fn prefetch_next() -> bool {
 
 /// Blocked dot-product matmul: weight panels are widened to f32 once per `KC` slice, then
 /// `RMAX x CMAX` tiles of dot products run against them for every row block.
-pub(crate) fn gemm<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
-    debug_assert!(K::RMAX * K::CMAX <= MAX_TILE && x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+pub(crate) fn gemm<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: Out<'_>, m: usize, n: usize, k: usize) {
+    debug_assert!(K::RMAX * K::CMAX <= MAX_TILE && x.len() >= m * k && w.len() >= n * k && out.holds(m, n));
     let (xs_stride, xp) = pad_rows(x, m, k);
     let kc = k.min(KC);
     let ps = padded_stride(kc);
@@ -289,7 +309,7 @@ pub(crate) fn gemm_packed_f32<W: super::avx512::Load>(
     cpu: super::avx512::Avx512,
     x: &[f32],
     w: &[W],
-    out: &mut [f32],
+    out: Out<'_>,
     m: usize,
     n: usize,
     k: usize,
@@ -315,7 +335,7 @@ pub(crate) fn gemm_packed_bf16dot(
     cpu: super::avx512::Avx512Bf16,
     x: &[f32],
     w: &[half::bf16],
-    out: &mut [f32],
+    out: Out<'_>,
     m: usize,
     n: usize,
     k: usize,
@@ -353,7 +373,7 @@ struct Rows<'a, X> {
 #[cfg(target_arch = "x86_64")]
 fn packed<X, P, Pack, Micro>(
     x: Rows<'_, X>,
-    out: &mut [f32],
+    out: Out<'_>,
     (m, n, k): (usize, usize, usize),
     kc: usize,
     elem_bytes: usize,

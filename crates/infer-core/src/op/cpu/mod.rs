@@ -36,6 +36,7 @@ pub use vec::{axpy_f32, dot_f32, silu_mul_f32};
 use super::Precision;
 use crate::base::{Error, Result};
 use crate::tensor::TensorData;
+use gemm::Out;
 use kernel::{Kernel, Scalar, Weight};
 
 /// Row counts up to this use the decode kernel (weights widened in registers, no panel).
@@ -71,6 +72,43 @@ pub fn matmul_nt(
         };
     }
     matmul_with(simd::active(), precision == Precision::Fast, x, w, out, m, n, k);
+    Ok(())
+}
+
+/// [`matmul_nt`] into columns `col..col + n` of an `[m, ld]` output: one part of a projection
+/// whose parts are separate checkpoint tensors (q/k/v, gate/up), written in place. Block-quantized
+/// weights go through a scratch `[m, n]` and a copy.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_nt_cols(
+    x: &[f32],
+    w: TensorData<'_>,
+    out: &mut [f32],
+    ld: usize,
+    col: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    precision: Precision,
+) -> Result<()> {
+    check_len("x", x.len(), m, k)?;
+    check_len("w", w.len(), n, k)?;
+    check_len("out", out.len(), m, ld)?;
+    if col.checked_add(n).is_none_or(|end| end > ld) {
+        return Err(Error::op("matmul", format!("columns {col}..{col}+{n} exceed the output's {ld}")));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if let TensorData::Quant(..) = w {
+        let mut part = vec![0.0; m * n];
+        matmul_nt(x, w, &mut part, m, n, k, precision)?;
+        for (dst, src) in out.chunks_mut(ld).zip(part.chunks_exact(n)) {
+            dst[col..col + n].copy_from_slice(src);
+        }
+        return Ok(());
+    }
+    let out = Out { data: &mut out[col..], ld }; // row r starts at r * ld
+    matmul_into(simd::active(), precision == Precision::Fast, x, w, out, m, n, k);
     Ok(())
 }
 
@@ -140,11 +178,19 @@ pub(crate) fn matmul_with(
     n: usize,
     k: usize,
 ) {
+    matmul_into(isa, fast, x, w, Out::dense(out, n), m, n, k)
+}
+
+/// [`matmul_with`] into an output with row stride `out.ld` (see [`Out`]).
+#[allow(clippy::too_many_arguments)]
+fn matmul_into(isa: Isa, fast: bool, x: &[f32], w: TensorData<'_>, out: Out<'_>, m: usize, n: usize, k: usize) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        out.fill(0.0);
+        for row in out.data.chunks_mut(out.ld).take(m) {
+            row[..n].fill(0.0);
+        }
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -190,7 +236,7 @@ fn packed_bf16() -> bool {
     *ON.get_or_init(|| std::env::var("INFER_CPU_GEMM").is_ok_and(|v| v.trim() == "packed"))
 }
 
-fn dispatch<W: Weight>(isa: Isa, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
+fn dispatch<W: Weight>(isa: Isa, x: &[f32], w: &[W], out: Out<'_>, m: usize, n: usize, k: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if isa >= Isa::Avx512
@@ -208,7 +254,7 @@ fn dispatch<W: Weight>(isa: Isa, x: &[f32], w: &[W], out: &mut [f32], m: usize, 
     run(Scalar, x, w, out, m, n, k)
 }
 
-fn run<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: &mut [f32], m: usize, n: usize, k: usize) {
+fn run<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: Out<'_>, m: usize, n: usize, k: usize) {
     if m <= GEMV_MAX_ROWS.min(K::RMAX) {
         gemm::gemv(kern, x, w, out, m, n, k)
     } else {
