@@ -1,7 +1,5 @@
 //! Causal grouped-query attention of new queries over the KV cache.
 
-use rayon::prelude::*;
-
 use super::{Op, OpContext, Positions, check_shape};
 use crate::base::{Error, Result};
 use crate::op::cpu::{axpy_f32, dot_f32};
@@ -52,7 +50,13 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: u
         let mut heads: Vec<&mut [f32]> = out.chunks_mut(hd).collect();
         crate::op::cpu::pool::for_each_mut(&mut heads, |idx, o| head(idx, o, &mut Vec::new()));
     } else {
-        out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| head(idx, o, scores));
+        // Prefill: one task per query row, its heads one after the other.
+        crate::op::cpu::pool::for_each_chunk(out, width, |i, row| {
+            let mut scores = Vec::new();
+            for (h, o) in row.chunks_mut(hd).enumerate() {
+                head(i * n_heads + h, o, &mut scores);
+            }
+        });
     }
     Ok(())
 }

@@ -1,7 +1,5 @@
 //! RMSNorm: `y = x / sqrt(mean(x²) + eps) * weight`, row by row.
 
-use rayon::prelude::*;
-
 use super::{Op, OpContext, check_shape};
 use crate::base::{Error, Result};
 use crate::tensor::Tensor;
@@ -24,7 +22,8 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, out: &mut Tensor) -> Resu
     weight.data()?.copy_to_f32(0, &mut w)?;
     let x = x.as_f32()?;
     let out = out.as_f32_mut()?;
-    out.par_chunks_mut(dim).zip(x.par_chunks(dim)).for_each(|(o, xr)| {
+    crate::op::cpu::pool::for_each_chunk(out, dim, |r, o| {
+        let xr = &x[r * dim..(r + 1) * dim];
         // Accumulate in f64: the mean of squares over thousands of elements is the one
         // reduction here whose rounding shows up in the logits.
         let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();

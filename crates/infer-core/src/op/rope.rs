@@ -1,7 +1,5 @@
 //! Rotary position embedding (Hugging Face "rotate_half" layout) with Llama 3 frequency scaling.
 
-use rayon::prelude::*;
-
 use super::{Op, OpContext};
 use crate::base::{Error, Result};
 use crate::model::config::{LlamaConfig, RopeScaling};
@@ -119,7 +117,7 @@ pub fn rope(x: &mut Tensor, pos0: usize, table: &RopeTable) -> Result<()> {
 /// Callers have checked that the positions are inside the table.
 pub(crate) fn rotate_rows(x: &mut [f32], width: usize, pos0: usize, table: &RopeTable) {
     let (hd, half) = (table.head_dim, table.head_dim / 2);
-    x.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
+    crate::op::cpu::pool::for_each_chunk(x, width, |i, row| {
         let p = pos0 + i;
         let (cos, sin) = (&table.cos[p * half..(p + 1) * half], &table.sin[p * half..(p + 1) * half]);
         for head in row.chunks_exact_mut(hd) {

@@ -1,7 +1,5 @@
 //! SwiGLU activation of the Llama MLP over the fused gate/up projection: `out = silu(gate) * up`.
 
-use rayon::prelude::*;
-
 use super::{Op, OpContext, check_shape};
 use crate::base::{Error, Result};
 use crate::tensor::Tensor;
@@ -21,8 +19,8 @@ pub fn swiglu(gate_up: &Tensor, out: &mut Tensor) -> Result<()> {
         return crate::cuda::ops::swiglu(gate_up, out);
     }
     let gu = gate_up.as_f32()?;
-    out.as_f32_mut()?.par_chunks_mut(inter).zip(gu.par_chunks(width)).for_each(|(o, row)| {
-        let (g, u) = row.split_at(inter);
+    super::cpu::pool::for_each_chunk(out.as_f32_mut()?, inter, |r, o| {
+        let (g, u) = gu[r * width..(r + 1) * width].split_at(inter);
         super::cpu::silu_mul_f32(g, u, o);
     });
     Ok(())

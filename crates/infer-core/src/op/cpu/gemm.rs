@@ -35,7 +35,8 @@ const KC_PACKED_BF16: usize = 2048;
 const PANEL_BYTES: usize = 256 * 1024;
 /// Below this many multiply-adds a call runs on the calling thread.
 const SERIAL_MACS: usize = 1 << 17;
-/// Calls with at most this many activation rows (decode) run on the spinning pool.
+/// Calls with at most this many activation rows (decode) always run on the spinning pool (larger
+/// ones too unless [`Knob::PrefillOnPool`](super::tuning::Knob) is 0).
 const DECODE_ROWS: usize = 4;
 /// Column blocks per thread, for load balance.
 const BLOCKS_PER_THREAD: usize = 4;
@@ -98,8 +99,8 @@ where
             block.push(part);
         }
     }
-    if m <= DECODE_ROWS {
-        // Decode: short loops, many per step: the spinning pool (see `pool`).
+    if m <= DECODE_ROWS || (blocks.len() > 1 && super::tuning::Knob::PrefillOnPool.get() != 0) {
+        // Short loops, many per forward pass: the spinning pool (see `pool`).
         super::pool::for_each_mut(&mut blocks, |i, rows| f(i * nb, rows));
     } else if blocks.len() == 1 {
         f(0, &mut blocks[0]);

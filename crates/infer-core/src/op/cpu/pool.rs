@@ -1,4 +1,4 @@
-//! A small pool of spinning threads for the short parallel loops of a decode step.
+//! A small pool of spinning threads for the short parallel loops of a forward pass.
 //!
 //! A decode step of Llama-3.2-1B runs ~80 parallel loops (the matvecs and attention) of 0.1-1 ms
 //! each, with a few µs to tens of µs of serial work between them. rayon's workers park when
@@ -6,7 +6,9 @@
 //! 2-vCPU KVM guest, a rayon loop called from outside the pool costs 10-17 µs when called back to
 //! back and 25-85 µs after 20-200 µs of serial work (this pool: 0.5-6 µs). Like ggml's threads,
 //! these workers spin (then yield, then park after [`SPIN_FOR`] without work), so a loop
-//! starts on every thread at once.
+//! starts on every thread at once. Prefill's loops (matmul blocks, norms, RoPE, SwiGLU,
+//! attention rows) run here too ([`for_each_chunk`]), so no rayon worker is woken during a
+//! forward pass.
 //!
 //! [`for_each_mut`] is the entry point. The caller runs tasks too; one caller at a time owns the
 //! pool (others, e.g. tensor-parallel ranks, fall back to rayon), and `INFER_CPU_POOL=0` turns
@@ -198,6 +200,23 @@ pub(crate) fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) +
         let mut item = cells[i].lock().unwrap_or_else(|e| e.into_inner());
         f(i, &mut item);
     });
+}
+
+/// `f(i, chunk_i)` for every `chunk`-sized piece of `data` (the last may be shorter), in
+/// parallel: on this pool (unless [`Knob::PrefillOnPool`](super::tuning::Knob) is 0: rayon);
+/// a single chunk runs inline. For the row-wise loops of a forward pass (norms, RoPE, SwiGLU,
+/// attention rows).
+pub(crate) fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let chunk = chunk.max(1);
+    if data.len() <= chunk {
+        // One chunk (a decode step's row): inline, no hand-off to any thread.
+        f(0, data);
+    } else if super::tuning::Knob::PrefillOnPool.get() != 0 {
+        let mut chunks: Vec<&mut [T]> = data.chunks_mut(chunk).collect();
+        for_each_mut(&mut chunks, |i, c| f(i, c));
+    } else {
+        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
 }
 
 #[cfg(test)]
