@@ -54,14 +54,25 @@ try:
     import matplotlib.pyplot as plt
 except ImportError:
     sys.exit("matplotlib missing: table only")
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-for ax, keys, title in [(axes[0], ["pp64", "pp128"], "prefill (tok/s)"), (axes[1], ["tg"], "decode (tok/s)")]:
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [2, 1, 2]})
+for ax, keys, title in [(axes[0], ["pp64", "pp128"], "prefill (tok/s, medians)"), (axes[1], ["tg"], "decode (tok/s, medians)")]:
     xs = range(len(keys))
     ax.bar([x - 0.2 for x in xs], [ours.get(k, 0) for k in keys], 0.4, label="RustInfer")
     ax.bar([x + 0.2 for x in xs], [peer.get(k, 0) for k in keys], 0.4, label="llama.cpp")
     ax.set_xticks(list(xs), keys)
     ax.set_title(title)
-axes[0].legend()
-fig.suptitle(f"Llama-3.2-1B shape, bf16 weights, {kind.upper()} (same machine, same run)")
+axes[0].legend(loc="lower right")
+# Per-round paired ratios: each round's two runs are neighbours in time.
+ax = axes[2]
+for x, k in enumerate(KEYS):
+    rr = ratio[k]
+    ax.scatter([x] * len(rr), rr, color="tab:blue", alpha=0.6)
+    if rr:
+        ax.hlines(med(rr), x - 0.25, x + 0.25, color="black")
+ax.axhline(1.0, color="tab:orange", linestyle="--", label="llama.cpp")
+ax.set_xticks(range(len(KEYS)), KEYS)
+ax.set_title("RustInfer / llama.cpp per round (bar: median)")
+ax.legend(loc="lower center")
+fig.suptitle(f"Llama-3.2-1B shape, bf16 weights, {kind.upper()}, {len(rounds)} alternating rounds (same machine, same run)")
 fig.tight_layout()
 fig.savefig(png, dpi=110)

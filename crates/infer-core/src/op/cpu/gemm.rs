@@ -51,6 +51,7 @@ pub(crate) struct Out<'a> {
 
 impl<'a> Out<'a> {
     /// A dense `[m, n]` output (`ld = n`).
+    #[cfg(test)]
     pub fn dense(data: &'a mut [f32], n: usize) -> Self {
         Out { data, ld: n.max(1) }
     }

@@ -51,8 +51,8 @@ const PACKED_MIN_ROWS: usize = 64;
 /// block-quantized, read in place, never widened as a whole), `out` is `[m, n]` f32; all
 /// row-major. `precision` picks the fast or exact path for bf16 and quantized weights.
 ///
-/// Runs on the active kernel family ([`isa`]) with rayon over blocks of `n`. Errors (naming
-/// the sizes) when a slice length does not match its shape.
+/// Runs on the active kernel family ([`isa`]) in parallel over blocks of `n` (on the spinning
+/// pool, see `pool`). Errors (naming the sizes) when a slice length does not match its shape.
 pub fn matmul_nt(
     x: &[f32],
     w: TensorData<'_>,
@@ -62,22 +62,12 @@ pub fn matmul_nt(
     k: usize,
     precision: Precision,
 ) -> Result<()> {
-    check_len("x", x.len(), m, k)?;
-    check_len("w", w.len(), n, k)?;
-    check_len("out", out.len(), m, n)?;
-    if let TensorData::Quant(dtype, bytes) = w {
-        return match precision {
-            Precision::Fast => quant::matmul_fast(simd::active(), dtype, bytes, x, out, m, n, k),
-            Precision::Exact => matmul_dequant_rows(dtype, bytes, x, out, m, n, k),
-        };
-    }
-    matmul_with(simd::active(), precision == Precision::Fast, x, w, out, m, n, k);
-    Ok(())
+    matmul_nt_cols(x, w, out, n, 0, m, n, k, precision)
 }
 
 /// [`matmul_nt`] into columns `col..col + n` of an `[m, ld]` output: one part of a projection
 /// whose parts are separate checkpoint tensors (q/k/v, gate/up), written in place. Block-quantized
-/// weights go through a scratch `[m, n]` and a copy.
+/// weights with `ld > n` go through a scratch `[m, n]` and a copy.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_nt_cols(
     x: &[f32],
@@ -95,6 +85,14 @@ pub fn matmul_nt_cols(
     check_len("out", out.len(), m, ld)?;
     if col.checked_add(n).is_none_or(|end| end > ld) {
         return Err(Error::op("matmul", format!("columns {col}..{col}+{n} exceed the output's {ld}")));
+    }
+    if let TensorData::Quant(dtype, bytes) = w
+        && ld == n
+    {
+        return match precision {
+            Precision::Fast => quant::matmul_fast(simd::active(), dtype, bytes, x, out, m, n, k),
+            Precision::Exact => matmul_dequant_rows(dtype, bytes, x, out, m, n, k),
+        };
     }
     if m == 0 || n == 0 {
         return Ok(());
@@ -166,7 +164,9 @@ fn check_len(what: &str, len: usize, rows: usize, cols: usize) -> Result<()> {
 }
 
 /// [`matmul_nt`] on a given kernel family (capped to what the CPU supports); `fast` allows
-/// bf16-rounded activations ([`Precision::Fast`]). Lengths must already be checked.
+/// bf16-rounded activations ([`Precision::Fast`]). Lengths must already be checked. Tests pin
+/// the ISA with it; the library goes through `matmul_into`.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_with(
     isa: Isa,
