@@ -208,6 +208,9 @@ pub(crate) fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) +
 /// attention rows).
 pub(crate) fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let chunk = chunk.max(1);
+    if data.is_empty() {
+        return; // no chunks, as `chunks_mut` gives none
+    }
     if data.len() <= chunk {
         // One chunk (a decode step's row): inline, no hand-off to any thread.
         f(0, data);
@@ -222,6 +225,15 @@ pub(crate) fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_chunk_once_none_when_empty() {
+        for n in [0usize, 1, 5, 16, 17, 1000] {
+            let mut v = vec![0usize; n];
+            for_each_chunk(&mut v, 4, |i, c| c.iter_mut().for_each(|x| *x += i + 1));
+            assert!(v.iter().enumerate().all(|(j, &x)| x == j / 4 + 1), "n={n}");
+        }
+    }
 
     #[test]
     fn every_item_once_in_any_order_of_threads() {
