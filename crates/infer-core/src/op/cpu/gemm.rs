@@ -66,14 +66,14 @@ fn round_up(v: usize, to: usize) -> usize {
     v.div_ceil(to) * to
 }
 
-/// Columns per parallel task: about `BLOCKS_PER_THREAD` tasks per thread, at least `min_cols`,
-/// a multiple of `unit`; the whole of `n` when the call is too small to be worth splitting.
-fn block_cols(m: usize, n: usize, k: usize, unit: usize, min_cols: usize) -> usize {
+/// Columns per parallel task: about `BLOCKS_PER_THREAD` tasks per thread, a multiple of `unit`
+/// (at least one); the whole of `n` when the call is too small to be worth splitting.
+fn block_cols(m: usize, n: usize, k: usize, unit: usize) -> usize {
     if m * n * k < SERIAL_MACS {
         return n.max(1);
     }
     let tasks = rayon::current_num_threads() * BLOCKS_PER_THREAD;
-    round_up(n.div_ceil(tasks).max(min_cols), unit)
+    round_up(n.div_ceil(tasks).max(1), unit)
 }
 
 /// Columns per decode task: about [`Knob::DecodeTaskBytes`](super::tuning::Knob) of
@@ -215,7 +215,7 @@ pub(crate) fn gemm_bf16_wbcast(
     let xp = pack_acts(cpu, x, m, k);
     let block = k / 2 * LANES; // u32 per packed block of 16 rows
     let blocks = m.div_ceil(LANES);
-    let nb = block_cols(m, n, k, WR, WR);
+    let nb = block_cols(m, n, k, WR);
     par_col_blocks(out, m, n, nb, |c0, rows| {
         let ncols = rows.first().map_or(0, |r| r.len());
         for cg in (0..ncols).step_by(WR) {
@@ -261,7 +261,7 @@ pub(crate) fn gemm<K: Kernel, W: Weight>(kern: K, x: &[f32], w: &[W], out: Out<'
     let kc = k.min(KC);
     let ps = padded_stride(kc);
     let panel_rows = round_up((PANEL_BYTES / (ps * 4)).max(1), K::CMAX);
-    let nb = block_cols(m, n, k, panel_rows, panel_rows);
+    let nb = block_cols(m, n, k, panel_rows);
     par_col_blocks(out, m, n, nb, |c0, rows| {
         let ncols = rows.first().map_or(0, |r| r.len());
         let mut panel = vec![0.0f32; panel_rows.min(ncols) * ps];
@@ -390,7 +390,7 @@ fn packed<X, P, Pack, Micro>(
     use super::avx512_gemm::{MR, NR, panel_len};
     let kc = round_up(k.min(kc), 2);
     let panel_cols = round_up((PANEL_BYTES / (kc * elem_bytes)).max(1), NR);
-    let nb = block_cols(m, n, k, panel_cols, panel_cols);
+    let nb = block_cols(m, n, k, panel_cols);
     par_col_blocks(out, m, n, nb, |c0, rows| {
         let ncols = rows.first().map_or(0, |r| r.len());
         let mut panel = vec![P::default(); panel_len(panel_cols.min(ncols), kc.div_ceil(x.per_unit))];
