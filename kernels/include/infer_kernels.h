@@ -165,6 +165,42 @@ cudaError_t infer_paged_attention_bf16(const void *q, const void *k_pool, const 
 size_t infer_paged_attention_workspace_bytes(int rows, int n_heads, int n_kv_heads, int head_dim, int block_size,
                                              int max_blocks);
 
+
+/* Whole decode step as one persistent kernel (kernels/decode_step.cu; sm_90+, bf16 weights, batch 1):
+ * embedding of *id_dev, every layer (RMSNorm, qkv, RoPE + KV-cache write at *pos_dev, GQA attention,
+ * o_proj + residual, RMSNorm, gate_up + SwiGLU, down + residual), final norm, LM head into logits
+ * [vocab] f32 and, when next_id != NULL, its argmax (first index of the maximum, NaN ignored; -1 when
+ * every logit is NaN). Numerics as the fused kernels: bf16 activations, f32 accumulation and residual.
+ * Every weight pointer 16-byte aligned; hidden, inter and n_heads * head_dim multiples of 512;
+ * head_dim 64 or 128; n_heads / n_kv_heads <= 8. infer_decode_step_supported() says whether this
+ * device and shape can run it (else use the per-op kernels). The workspace
+ * (infer_decode_step_workspace_bytes(), 0 = unsupported shape) must be zeroed once before the first
+ * launch; every launch leaves its counters at zero. One launch at a time per workspace. */
+typedef struct InferDecodeLayerW {
+    const void *qkv;       /* [(n_heads + 2 n_kv_heads) head_dim, hidden], rows [q | k | v] */
+    const void *o;         /* [hidden, n_heads head_dim] */
+    const void *gate_up;   /* [2 inter, hidden], rows [gate | up] */
+    const void *down;      /* [hidden, inter] */
+    const void *attn_norm; /* [hidden] input_layernorm */
+    const void *mlp_norm;  /* [hidden] post_attention_layernorm */
+    void *k_cache;         /* [n_kv_heads, ctx, head_dim] */
+    void *v_cache;
+} InferDecodeLayerW;
+typedef struct InferDecodeModel {
+    int n_layers, hidden, n_heads, n_kv_heads, head_dim, inter, vocab, ctx;
+    float eps;
+    const InferDecodeLayerW *layers; /* DEVICE array [n_layers] */
+    const void *embed;               /* [vocab, hidden] */
+    const void *final_norm;          /* [hidden] */
+    const void *lm_head;             /* [vocab, hidden] (the embedding when tied) */
+    const float *cos_sin;            /* [ctx, head_dim / 2, 2] (cos, sin) */
+} InferDecodeModel;
+int infer_decode_step_supported(const InferDecodeModel *m);
+size_t infer_decode_step_workspace_bytes(const InferDecodeModel *m);
+cudaError_t infer_decode_step_bf16(const InferDecodeModel *m, const int32_t *id_dev, const int32_t *pos_dev,
+                                   float *logits, int32_t *next_id, void *workspace, size_t workspace_bytes,
+                                   cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

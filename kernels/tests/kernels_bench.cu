@@ -56,6 +56,8 @@ static void sweep_gemv(int n, int k, bool f32) {
     printf("   (median/back-to-back)\n");
 }
 
+extern "C" void infer_decode_step_profile(unsigned long long *buf);  // decode_step.cu (harness hook)
+
 static void bench_decode_attn(int H, int KV, int D, int ctx, int L, const char *label) {
     const size_t cel = (size_t)KV * ctx * D;
     const int nc = copies_for(cel * 4);
@@ -187,6 +189,65 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
     printf("decode step %-5s (graph, PDL %s, %s) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
            c.name, getenv("INFER_NO_PDL") ? "off" : "on", fused ? "fused" : "unfused", pos, us, 1e6 / us, bytes / us / 1e3, bytes / us / 1e3 / kPeakGBs * 100,
            kPeakGBs);
+    // The same step as one persistent kernel (decode_step.cu), on the same weights and caches.
+    std::vector<InferDecodeLayerW> lw(c.layers);
+    for (int l = 0; l < c.layers; ++l) {
+        const uint16_t *wq = wts.p + per_layer * l, *wo = wq + qkvn * hd, *wgu = wo + hd * (size_t)c.H * c.D,
+                       *wd = wgu + 2 * (size_t)c.inter * hd, *n1 = wd + hd * c.inter, *n2 = n1 + hd;
+        uint16_t *kc = caches.p + 2 * cache_el * l, *vc = kc + cache_el;
+        lw[l] = InferDecodeLayerW{wq, wo, wgu, wd, n1, n2, kc, vc};
+    }
+    Dev<InferDecodeLayerW> lwd(c.layers);
+    CK(cudaMemcpy(lwd.p, lw.data(), sizeof(InferDecodeLayerW) * c.layers, cudaMemcpyHostToDevice));
+    InferDecodeModel md{c.layers, c.hidden, c.H, c.KV, c.D, c.inter, c.vocab, ctx, 1e-5f, lwd.p, lm, nf, lm, cs.p};
+    if (infer_decode_step_supported(&md)) {
+        const size_t mwsb = infer_decode_step_workspace_bytes(&md);
+        Dev<uint8_t> mws(mwsb);
+        CK(cudaMemset(mws.p, 0, mwsb));
+        cudaGraph_t g2;
+        cudaGraphExec_t ge2;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        CK(infer_decode_step_bf16(&md, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
+        CK(cudaStreamEndCapture(s, &g2));
+        CK(cudaGraphInstantiate(&ge2, g2, 0));
+        for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge2, s));
+        CK(cudaEventRecord(a, s));
+        for (int i = 0; i < iters; ++i) CK(cudaGraphLaunch(ge2, s));
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&ms, a, b));
+        const double us2 = ms * 1e3 / iters;
+        printf("decode step %-5s (graph, one kernel) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
+               c.name, pos, us2, 1e6 / us2, bytes / us2 / 1e3, bytes / us2 / 1e3 / kPeakGBs * 100, kPeakGBs);
+        cudaGraphExecDestroy(ge2);
+        cudaGraphDestroy(g2);
+        if (getenv("BENCH_DS_PROF")) {  // where the one-kernel step spends its time (eager launch)
+            const int nb = 132 * 4;
+            Dev<unsigned long long> prof((size_t)nb * 128);
+            CK(cudaMemset(prof.p, 0, prof.n * 8));
+            infer_decode_step_profile(prof.p);
+            CK(infer_decode_step_bf16(&md, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
+            CK(cudaStreamSynchronize(s));
+            infer_decode_step_profile(nullptr);
+            const std::vector<unsigned long long> h = prof.down();
+            int sms = 0;
+            CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+            double pw = 0, cw = 0;
+            for (int bl = 0; bl < sms; ++bl) {
+                pw += h[bl * 128] / 1e3 / sms;
+                cw += h[bl * 128 + 1] / 1e3 / sms / 12;
+            }
+            const unsigned long long *t = h.data() + 2;  // block 0's marks
+            double ph[5] = {0, 0, 0, 0, 0};
+            for (int l = 0; l < c.layers; ++l)
+                for (int k = 0; k < 5; ++k) ph[k] += (t[2 + l * 5 + k] - t[1 + l * 5 + k]) / 1e3;
+            const int last = 1 + c.layers * 5;
+            printf("  profile pos=%d: total %.1f us | embed %.1f | qkv %.1f attn %.1f o %.1f gate_up %.1f down %.1f (sums over layers) | head %.1f | "
+                   "producer waits for a slot %.1f us, consumer warp waits for data %.1f us (means)\n",
+                   pos, (t[last + 1] - t[0]) / 1e3, (t[1] - t[0]) / 1e3, ph[0], ph[1], ph[2], ph[3], ph[4],
+                   (t[last + 1] - t[last]) / 1e3, pw, cw);
+        }
+    }
     cudaEventDestroy(a);
     cudaEventDestroy(b);
     cudaGraphExecDestroy(ge);

@@ -463,6 +463,7 @@ static void test_convert_then_gemv() {
 
 void run_benchmarks();         // kernels_bench.cu
 void run_decode_benchmarks();  // kernels_bench.cu
+int run_decode_step_tests();  // decode_step_test.cu: returns its failures
 
 int main(int argc, char **argv) {
     cudaDeviceProp prop;
@@ -470,6 +471,11 @@ int main(int argc, char **argv) {
     printf("device: %s, %d SMs, L2 %d MB, sm_%d%d, PDL %s\n", prop.name, prop.multiProcessorCount,
            prop.l2CacheSize >> 20, prop.major, prop.minor, getenv("INFER_NO_PDL") ? "off (INFER_NO_PDL)" : "on");
     const std::string mode = argc > 1 ? argv[1] : "";
+    if (mode == "--decode-step") {  // the one-kernel decode step: tests, then its timings
+        const int f = run_decode_step_tests();
+        run_decode_benchmarks();
+        return f ? 1 : 0;
+    }
     if (mode == "--decode-only") {
         run_decode_benchmarks();
         return 0;
@@ -542,6 +548,7 @@ int main(int argc, char **argv) {
     test_pdl_chain(1, 700);
     test_pdl_chain(5, 300);
     test_pdl_chain(64, 100);
+    g_fail += run_decode_step_tests();
     CK(cudaDeviceSynchronize());
     printf("\ncorrectness: %d passed, %d failed\n\n", g_pass, g_fail);
 

@@ -8,7 +8,7 @@ ARCH=${ARCH:-sm_90a}
 BUILD=${BUILD:-/tmp/infer_kernels_build}
 mkdir -p "$BUILD"
 FLAGS=(-arch="$ARCH" -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo)
-SRCS=(*.cu tests/kernels_test.cu tests/kernels_bench.cu)
+SRCS=(*.cu tests/kernels_test.cu tests/kernels_bench.cu tests/decode_step_test.cu)
 OBJS=()
 for f in "${SRCS[@]}"; do OBJS+=("$BUILD/$(basename "${f%.cu}").o"); done
 export NVCC BUILD FLAGS_STR="${FLAGS[*]}"
