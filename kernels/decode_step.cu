@@ -543,7 +543,7 @@ __device__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
     }
     // Ticket: the last split of this kv head to finish merges all of them.
     unsigned *tickets = reinterpret_cast<unsigned *>(a.ws + a.L.ctr) + 4;
-    __shared__ int last;
+    int &last = *reinterpret_cast<int *>(sm.red + 63);  // no static __shared__: see the kernel
     __threadfence();
     consumer_sync();
     if (threadIdx.x == 0) {
@@ -583,6 +583,9 @@ __global__ void __launch_bounds__(DS_MAX_THREADS, 1) decode_step_kernel(const Ds
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     __trap();  // never launched: infer_decode_step_supported() requires compute capability 9.0
 #else
+    // Only dynamic shared memory (no static __shared__ anywhere in this kernel): with relocatable
+    // device code (how `cc` builds the kernels for the crate) static variables are placed first
+    // and the dynamic array's alignment is not guaranteed past them; the ring needs 16 bytes.
     extern __shared__ __align__(128) uint8_t smem[];
     DsSmem sm;
     sm.ring = smem;
@@ -669,7 +672,7 @@ __global__ void __launch_bounds__(DS_MAX_THREADS, 1) decode_step_kernel(const Ds
             ri[warp] = best.i;
         }
         consumer_sync();
-        __shared__ int last;
+        int &last = *reinterpret_cast<int *>(sm.red + 63);
         if (threadIdx.x == 0) {
             ArgBest b;
             for (int w = 0; w < DS_NW; ++w)

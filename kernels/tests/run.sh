@@ -7,7 +7,9 @@ NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 ARCH=${ARCH:-sm_90a}
 BUILD=${BUILD:-/tmp/infer_kernels_build}
 mkdir -p "$BUILD"
-FLAGS=(-arch="$ARCH" -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo)
+# -rdc=true as in the crate (`cc` compiles the kernels with --device-c): shared-memory layout and
+# linking then match what the engine runs.
+FLAGS=(-arch="$ARCH" -O3 -std=c++17 --expt-relaxed-constexpr -lineinfo -rdc=true)
 SRCS=(*.cu tests/kernels_test.cu tests/kernels_bench.cu tests/decode_step_test.cu)
 OBJS=()
 for f in "${SRCS[@]}"; do OBJS+=("$BUILD/$(basename "${f%.cu}").o"); done

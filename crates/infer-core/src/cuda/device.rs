@@ -160,6 +160,16 @@ impl CudaDevice {
         Ok(2.0 * khz * 1e3 * bits / 8.0)
     }
 
+    /// Compute capability (major, minor), e.g. (9, 0) for an H100 / H200.
+    pub fn compute_capability(&self) -> Result<(i32, i32)> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let get = |a, what| self.ctx.attribute(a).map_err(|e| driver_err(what, e));
+        Ok((
+            get(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, "compute capability")?,
+            get(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, "compute capability")?,
+        ))
+    }
+
     /// Free and total device memory in bytes.
     pub fn memory_info(&self) -> Result<(usize, usize)> {
         self.bind()?;

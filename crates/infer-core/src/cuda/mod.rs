@@ -2,6 +2,7 @@
 //! storage, our kernels from `kernels/` (bindgen FFI) and the per-op device implementations
 //! that `crate::op` dispatches to. This module is the only place with `unsafe` FFI calls.
 
+pub mod decode_step;
 pub mod device;
 pub mod ffi;
 pub mod fused;

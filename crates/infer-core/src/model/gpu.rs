@@ -50,6 +50,11 @@ pub(crate) struct GpuState {
     readback_done: [CudaEvent; 2],
     /// Steps in flight, oldest first: (readback slot, position the id they produce will take).
     inflight: VecDeque<(usize, usize)>,
+    /// Run each decode step as one persistent kernel (opt-in, see `cuda::decode_step`).
+    pub decode_kernel: bool,
+    /// That kernel's tables for this model: `None` until first used, `Some(None)` when the
+    /// kernel cannot run this model (the per-op step runs instead).
+    pub decode_step: Option<Option<crate::cuda::decode_step::DecodeStep>>,
 }
 
 // SAFETY: the only non-`Send` members are cudarc's `CudaGraph`s (raw CUgraph/CUgraphExec
@@ -73,6 +78,8 @@ impl GpuState {
             readback: [pinned_i32(&dev)?, pinned_i32(&dev)?],
             readback_done: [readback_event(&dev)?, readback_event(&dev)?],
             inflight: VecDeque::with_capacity(2),
+            decode_kernel: crate::cuda::decode_step::requested(),
+            decode_step: None,
             dev,
         })
     }

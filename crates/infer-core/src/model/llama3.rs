@@ -683,6 +683,8 @@ impl Llama3 {
         g.pos.set(&[pos as i32])?;
         g.device_next = None;
         if g.graphs[select as usize].is_none() {
+            self.prepare_decode_kernel()?; // allocates and uploads: never inside a capture
+            let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
             let capture = g.eager_steps > 0;
             g.eager_steps += 1;
             if capture {
@@ -709,6 +711,9 @@ impl Llama3 {
     /// GPU state's logits buffer, then the next id (argmax or sampled) into `ids`.
     #[cfg(feature = "cuda")]
     fn decode_ops(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
+        if self.decode_kernel_step(select)? {
+            return Ok(());
+        }
         self.run_layers(&[id], Kv::Own(pos))?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
@@ -717,6 +722,60 @@ impl Llama3 {
             Select::Greedy => crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids), // read by the next step
             Select::Sample => g.sampler.launch(&g.logits, &mut g.ids),
         }
+    }
+
+    /// The decode step as one kernel when it is switched on and can run this model: embedding,
+    /// every layer, LM head into the GPU state's logits and the next id into `ids` (greedy) or
+    /// through the sampler. `false`: the per-op step must run.
+    #[cfg(feature = "cuda")]
+    fn decode_kernel_step(&mut self, select: Select) -> Result<bool> {
+        let Some(g) = self.gpu.as_mut().filter(|g| g.decode_kernel) else { return Ok(false) };
+        let Some(Some(step)) = &g.decode_step else { return Ok(false) };
+        step.launch(&mut g.ids, &g.pos, &mut g.logits, select == Select::Greedy)?;
+        if select == Select::Sample {
+            g.sampler.launch(&g.logits, &mut g.ids)?;
+        }
+        Ok(true)
+    }
+
+    /// Builds the one-kernel step's tables once, when it is switched on (device allocations and
+    /// uploads: this must run outside a graph capture, which would record them as graph nodes).
+    #[cfg(feature = "cuda")]
+    fn prepare_decode_kernel(&mut self) -> Result<()> {
+        let Some(g) = self.gpu.as_mut().filter(|g| g.decode_kernel && g.decode_step.is_none()) else { return Ok(()) };
+        let step = crate::cuda::decode_step::DecodeStep::new(
+            &g.dev,
+            &self.config,
+            &self.weights,
+            &mut self.cache,
+            &self.rope,
+        )?;
+        g.decode_step = Some(step);
+        Ok(())
+    }
+
+    /// Whether the last decode steps ran as one kernel (switched on and able to run this model).
+    #[cfg(feature = "cuda")]
+    pub fn decode_kernel_active(&self) -> bool {
+        self.gpu.as_ref().is_some_and(|g| g.decode_kernel && matches!(g.decode_step, Some(Some(_))))
+    }
+
+    /// Runs decode steps as one persistent kernel (`true`) or as the per-op sequence (`false`,
+    /// the default unless `INFER_DECODE_KERNEL=1`). The kernel needs bf16 weights, an sm_90 GPU
+    /// and Llama-shaped sizes (multiples of 512); other models keep the per-op step either way.
+    /// Captured decode graphs are dropped, so the next step captures the chosen path.
+    #[cfg(feature = "cuda")]
+    pub fn set_decode_kernel(&mut self, on: bool) -> Result<()> {
+        // Steps still in flight may be replaying the graphs dropped below: read them first.
+        while self.gpu.as_ref().is_some_and(|g| g.in_flight() > 0) {
+            self.decode_outputs(false)?;
+        }
+        if let Some(g) = self.gpu.as_mut() {
+            g.dev.synchronize()?;
+            g.decode_kernel = on;
+            g.graphs = [None, None];
+        }
+        Ok(())
     }
 
     #[cfg(feature = "cuda")]
