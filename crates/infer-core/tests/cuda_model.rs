@@ -130,15 +130,22 @@ fn pipelined_greedy_matches_stepwise() {
     assert_eq!(second.prefill_tokens, 1, "every cached id is known: only the last prompt token is recomputed");
 }
 
+/// `RUSTINFER_MODEL` (a Llama-3.2-1B-shaped checkpoint) when a GPU is present; else `None`,
+/// with the reason printed.
+fn model_dir_on_gpu() -> Option<String> {
+    if !gpu_available() {
+        return None;
+    }
+    let dir = std::env::var("RUSTINFER_MODEL").ok();
+    if dir.is_none() {
+        println!("SKIPPED: set RUSTINFER_MODEL to a Llama-3.2-1B-shaped checkpoint");
+    }
+    dir
+}
+
 #[test]
 fn cpu_vs_cuda_on_1b_shape() {
-    if !gpu_available() {
-        return;
-    }
-    let Ok(dir) = std::env::var("RUSTINFER_MODEL") else {
-        println!("SKIPPED: set RUSTINFER_MODEL to a Llama-3.2-1B-shaped checkpoint");
-        return;
-    };
+    let Some(dir) = model_dir_on_gpu() else { return };
     let mut cpu = load(&dir, DeviceType::Cpu, 256);
     let mut gpu = load(&dir, DeviceType::Cuda(0), 256);
     let ids: Vec<u32> = (0..40u32).map(|i| 1000 + i * 997 % 50000).collect();
@@ -163,13 +170,7 @@ fn cpu_vs_cuda_on_1b_shape() {
 /// greedy generation through the pipelined, graph-replayed path equal to its own stepwise decode.
 #[test]
 fn decode_kernel_matches_per_op_step() {
-    if !gpu_available() {
-        return;
-    }
-    let Ok(dir) = std::env::var("RUSTINFER_MODEL") else {
-        println!("SKIPPED: set RUSTINFER_MODEL to a Llama-3.2-1B-shaped checkpoint");
-        return;
-    };
+    let Some(dir) = model_dir_on_gpu() else { return };
     if infer_core::cuda::device(0).unwrap().compute_capability().unwrap().0 < 9 {
         println!("SKIPPED: the one-kernel decode step needs sm_90 (TMA bulk copies)");
         return;
@@ -224,6 +225,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// tok/s of 256 greedy decode steps after a 16-token prefill (CUDA events on the model's stream
+/// around the step loop only).
+fn timed_decode(model: &mut Llama3, timer: &infer_core::cuda::EventTimer, prompt: &[u32]) -> f64 {
+    model.reset();
+    model.forward_tokens(&prompt[..16], 0, false).unwrap(); // prefill outside the timed loop
+    let mut id = 1000u32;
+    timer.start().unwrap();
+    for pos in 16..16 + 256 {
+        id = model.next_token_greedy(id, pos).unwrap();
+    }
+    256.0 / (timer.stop_ms().unwrap() as f64 / 1e3)
+}
+
 #[test]
 #[ignore = "benchmark: needs a GPU and a Llama-3.2-1B-shaped model in RUSTINFER_MODEL"]
 fn test_llama3_cuda_performance() {
@@ -260,14 +274,7 @@ fn test_llama3_cuda_performance() {
     };
     let (mut decode, mut generate) = (Vec::new(), Vec::new());
     for _ in 0..6 {
-        model.reset();
-        model.forward_tokens(&prompt[..16], 0, false).unwrap(); // prefill outside the timed loop
-        let mut id = 1000u32;
-        timer.start().unwrap();
-        for pos in 16..16 + 256 {
-            id = model.next_token_greedy(id, pos).unwrap();
-        }
-        decode.push(256.0 / (timer.stop_ms().unwrap() as f64 / 1e3));
+        decode.push(timed_decode(&mut model, &timer, &prompt));
         // The library's own accounting of the same loop, through generate().
         model.reset();
         let g = model.generate_ids(&prompt[..16], &opts, &mut |_| {}).unwrap();
@@ -276,17 +283,7 @@ fn test_llama3_cuda_performance() {
     }
     // The same loop with the one-kernel decode step (opt-in; printed when it can run here).
     model.set_decode_kernel(true).unwrap();
-    let mut one = Vec::new();
-    for _ in 0..6 {
-        model.reset();
-        model.forward_tokens(&prompt[..16], 0, false).unwrap();
-        let mut id = 1000u32;
-        timer.start().unwrap();
-        for pos in 16..16 + 256 {
-            id = model.next_token_greedy(id, pos).unwrap();
-        }
-        one.push(256.0 / (timer.stop_ms().unwrap() as f64 / 1e3));
-    }
+    let mut one: Vec<f64> = (0..6).map(|_| timed_decode(&mut model, &timer, &prompt)).collect();
     let one_active = model.decode_kernel_active();
     model.set_decode_kernel(false).unwrap();
     one.remove(0);
