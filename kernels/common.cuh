@@ -71,21 +71,29 @@ __device__ __forceinline__ void pdl_trigger_after_stores() {
 bool infer_pdl_enabled();  // common.cu: device compute capability >= 9.0 and INFER_NO_PDL unset
 int infer_num_sms();       // common.cu: multiprocessor count of the current device (cached)
 
-// Launch `kernel` on `stream` with the PDL attribute (when enabled); returns the launch status.
+// Launch `kernel` on `stream` with the given launch attributes; returns the launch status.
 template <typename... KArgs, typename... Args>
-static inline cudaError_t infer_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
-                                       cudaStream_t stream, Args... args) {
+static inline cudaError_t infer_launch_attrs(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                             cudaStream_t stream, cudaLaunchAttribute *attrs, unsigned n_attrs,
+                                             Args... args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
+    cfg.attrs = attrs;
+    cfg.numAttrs = n_attrs;
+    return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
+
+// Launch `kernel` on `stream` with the PDL attribute (when enabled); returns the launch status.
+template <typename... KArgs, typename... Args>
+static inline cudaError_t infer_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                       cudaStream_t stream, Args... args) {
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = infer_pdl_enabled() ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+    return infer_launch_attrs(kernel, grid, block, smem, stream, attr, infer_pdl_enabled() ? 1u : 0u, args...);
 }
 
 static inline bool infer_aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }

@@ -762,17 +762,10 @@ static cudaError_t ds_launch(const DsArgs &a, size_t smem, cudaStream_t stream) 
     auto kern = decode_step_kernel<D, G>;
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(ds_grid());
-    cfg.blockDim = dim3(DS_MAX_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
     cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].id = cudaLaunchAttributeCooperative;  // all blocks resident: the grid barriers need it
     attr[0].val.cooperative = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, kern, a);
+    return infer_launch_attrs(kern, dim3(ds_grid()), dim3(DS_MAX_THREADS), smem, stream, attr, 1u, a);
 }
 
 cudaError_t infer_decode_step_bf16(const InferDecodeModel *m, const int32_t *id_dev, const int32_t *pos_dev,
