@@ -72,12 +72,7 @@ fn tiny_golden_on_gpu() {
         }
         println!("{}: worst top-10 logit error on GPU {worst:.3}", case.name);
         // Greedy generation: identical ids at least up to the first low-margin step.
-        let opts = GenerateOptions {
-            max_new_tokens: g.n_new,
-            sampler: SamplerConfig::greedy(),
-            ignore_eos: true,
-            ..Default::default()
-        };
+        let opts = greedy_opts(g.n_new);
         model.reset();
         let out = model.generate_ids(&case.ids, &opts, &mut |_| {}).unwrap();
         let safe = case.top_logits.iter().take_while(|t| t[0] - t[1] > 2.0 * TOL).count();
@@ -96,6 +91,27 @@ fn tiny_golden_on_gpu() {
 /// argmax on the device): its ids equal step-by-step `next_token_greedy` (same kernels, same
 /// order), a capped generation leaves nothing in flight, and the next call reuses the cached
 /// prefix (the in-flight placeholders were filled in with the real ids).
+/// Greedy, EOS ignored, `max_new_tokens` new ids.
+fn greedy_opts(max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions { max_new_tokens, sampler: SamplerConfig::greedy(), ignore_eos: true, ..Default::default() }
+}
+
+/// `n` greedy ids after `prompt` decoded one step at a time (`next_token_greedy`), asserted equal
+/// to `generate_ids` (pipelined, graph-replayed) on the same prompt; returns them.
+fn greedy_pipelined_vs_stepwise(model: &mut Llama3, prompt: &[u32], n: usize, what: &str) -> Vec<u32> {
+    model.reset();
+    let logits = model.forward_tokens(prompt, 0, false).unwrap().as_f32().unwrap().to_vec();
+    let mut want = vec![argmax(&logits)];
+    for i in 0..n - 1 {
+        let next = model.next_token_greedy(want[i], prompt.len() + i).unwrap();
+        want.push(next);
+    }
+    model.reset();
+    let out = model.generate_ids(prompt, &greedy_opts(n), &mut |_| {}).unwrap();
+    assert_eq!(out.ids, want, "{what}");
+    want
+}
+
 #[test]
 fn pipelined_greedy_matches_stepwise() {
     if !gpu_available() {
@@ -103,29 +119,13 @@ fn pipelined_greedy_matches_stepwise() {
     }
     let mut model = load(tiny_dir(), DeviceType::Cuda(0), 256);
     let prompt = golden().cases[0].ids.clone();
-    let n = 24;
+    let want = greedy_pipelined_vs_stepwise(&mut model, &prompt, 24, "pipelined generation vs stepwise decode");
     model.reset();
-    let logits = model.forward_tokens(&prompt, 0, false).unwrap().as_f32().unwrap().to_vec();
-    let mut want = vec![argmax(&logits)];
-    for i in 0..n - 1 {
-        let next = model.next_token_greedy(want[i], prompt.len() + i).unwrap();
-        want.push(next);
-    }
-    let opts = |max_new_tokens| GenerateOptions {
-        max_new_tokens,
-        sampler: SamplerConfig::greedy(),
-        ignore_eos: true,
-        ..Default::default()
-    };
-    model.reset();
-    let out = model.generate_ids(&prompt, &opts(n), &mut |_| {}).unwrap();
-    assert_eq!(out.ids, want, "pipelined generation vs stepwise decode");
-    model.reset();
-    let first = model.generate_ids(&prompt, &opts(10), &mut |_| {}).unwrap();
+    let first = model.generate_ids(&prompt, &greedy_opts(10), &mut |_| {}).unwrap();
     assert_eq!(first.ids, want[..10]);
     let mut prompt2 = prompt.clone();
     prompt2.extend_from_slice(&first.ids);
-    let second = model.generate_ids(&prompt2, &opts(5), &mut |_| {}).unwrap();
+    let second = model.generate_ids(&prompt2, &greedy_opts(5), &mut |_| {}).unwrap();
     assert_eq!(second.ids, want[10..15], "continuation after a capped generation");
     assert_eq!(second.prefill_tokens, 1, "every cached id is known: only the last prompt token is recomputed");
 }
@@ -202,22 +202,7 @@ fn decode_kernel_matches_per_op_step() {
         }
     }
     // Greedy generation with the kernel (graph capture, two steps in flight) vs its stepwise decode.
-    gpu.reset();
-    let logits = gpu.forward_tokens(&ids, 0, false).unwrap().as_f32().unwrap().to_vec();
-    let mut want = vec![argmax(&logits)];
-    for i in 0..23 {
-        let next = gpu.next_token_greedy(want[i], ids.len() + i).unwrap();
-        want.push(next);
-    }
-    let opts = GenerateOptions {
-        max_new_tokens: 24,
-        sampler: SamplerConfig::greedy(),
-        ignore_eos: true,
-        ..Default::default()
-    };
-    gpu.reset();
-    let out = gpu.generate_ids(&ids, &opts, &mut |_| {}).unwrap();
-    assert_eq!(out.ids, want, "pipelined generation vs stepwise decode, one-kernel step");
+    greedy_pipelined_vs_stepwise(&mut gpu, &ids, 24, "pipelined generation vs stepwise decode, one-kernel step");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -266,12 +251,7 @@ fn test_llama3_cuda_performance() {
     }
     prefill.remove(0); // warm-up
     let pp = median(prefill);
-    let opts = GenerateOptions {
-        max_new_tokens: 257,
-        sampler: SamplerConfig::greedy(),
-        ignore_eos: true,
-        ..Default::default()
-    };
+    let opts = greedy_opts(257);
     let (mut decode, mut generate) = (Vec::new(), Vec::new());
     for _ in 0..6 {
         decode.push(timed_decode(&mut model, &timer, &prompt));
