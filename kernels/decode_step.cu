@@ -21,22 +21,32 @@
 //    deterministic (no atomics on data).
 //  - Attention: (kv head, split) units over blocks; the unit holding the newest position rotates
 //    k, writes k / v into the caches; the last split of a kv head (atomic ticket) merges the splits.
+//    The cached rows of a unit's first batch are requested before q / k / v (overlapping round trips).
 //  - Grid barrier: thread 0 of each block adds 1 to a global counter (release) and spins until it
 //    reaches (barrier number) x (grid size) (acquire). The counters are left at zero on exit. A
 //    wait longer than 2 s traps (an error for the host, not a hang).
 // Data written during the kernel by other blocks is read with ld.global.cg (L2), never through the
 // non-coherent / L1 paths.
 //
-// Status (H200, kernel harness `kernels_test --decode-step`, same weights as the per-op step):
-// Llama-3.1-8B shapes 4,192 vs 4,697 us per step (1.12x); Llama-3.2-1B shapes 921 vs 907 us at
-// position 144, 968 vs 952 at 1023, 1,030 vs 978 at 4095: not faster yet. A per-block profile
-// (INFER_DS profile hook below) shows the ring full about half of the step: the consumers, not HBM,
-// set the pace, mostly in the attention phase (a ~10 us bubble per layer that the 192 KB ring
-// covers only partly) and the short qkv / o_proj phases. Measured and dropped: one warp per
-// tile (1.5x slower: a tile's latency sits on the phase's critical path), one 1 KB slice per warp
-// with 16 warps (867 us at 144, but 96 registers), L2 prefetch of tiles beyond the ring
-// (cp.async.bulk.prefetch.L2, 6-24 tiles: 1.15-1.5x slower), single-split attention below 512
-// positions (1.1x slower).
+// Status (H200, kernel harness `kernels_test --decode-step`, graph replay, same weights as the
+// per-op step): Llama-3.2-1B 856 vs 904 us per step at position 144 (1.06x), 926 vs 950 at 1023,
+// 956 vs 952 at 2047, 1,036 vs 979 at 4095 (0.94x); Llama-3.1-8B shapes 4,077 vs 4,620 at 1023
+// (1.13x), 4,444 vs 4,729 at 4095. The engine picks it below a context length (DecodeKernel::Auto).
+// Where the time goes (experiment switches DS_DBG_*, Llama-3.2-1B at 144): the weight stream alone
+// (no math, no barriers, no attention) takes 563 us (4.4 TB/s); with the consumers' math 588 us;
+// the latency chain alone (barriers, norms, epilogues, attention; no weights) 271-283 us, of it
+// attention ~100 us. The whole step is close to stream + chain: the 192 KB ring holds little more
+// than the bandwidth-delay product (6 stages stream at 591 us, 12 at 564), so a stall of the
+// consumers stops the stream. Measured and dropped: one warp per tile (1.5x slower: a tile's
+// latency sits on the phase's critical path), one 1 KB slice per warp with 16 warps (96 registers),
+// L2 prefetch of weight tiles while the ring is full (cp.async.bulk.prefetch.L2, 8 / 24 tiles
+// ahead: 1.1-1.3x slower) or of the attention unit's k / v rows (no gain), every block merging the
+// attention splits itself (16 splits x 132 blocks of L2 reads: 2.3% slower at 4095), the
+// __threadfence before the barrier's release add (1.6% slower). What made it faster than the per-op
+// step: every device function inlined (called functions read the shared-memory ring through
+// generic loads and spilled around the calls), branch-free tiles with two accumulators per slice
+// (math 119 -> 25 us over the stream), splits of one load batch of rows (192) so short contexts need
+// no cross-block merge, the residual rows a block owns kept in shared memory.
 #include "common.cuh"
 
 #include <limits.h>
@@ -57,26 +67,30 @@
 #define DS_P_FLOATS 4096                  // per-slice partials of one row chunk
 #define DS_MAX_GROUP 8                    // GQA group (query heads per kv head)
 #define DS_MIN_STAGES 6
+#define DS_XO 64                          // rows of x a block may own
+#define DS_MAX_SPLITS 16                  // attention splits per kv head
 
 enum DsPhase { PH_QKV = 0, PH_O = 1, PH_GU = 2, PH_DOWN = 3, PH_HEAD = 4 };
 
 // Workspace layout (bytes), shared by the launcher and the kernel.
 struct DsLayout {
-    size_t ctr, x, qkv, attn, act, part, cand_v, cand_i, total;
+    size_t ctr, x, qkv, attn, act, part_ml, part_acc, cand_v, cand_i, total;
     int splits_max;
 };
 static __host__ __device__ inline size_t ds_align(size_t v) { return (v + 255) & ~(size_t)255; }
 static __host__ __device__ inline DsLayout ds_layout(const InferDecodeModel &m, int grid) {
     DsLayout L;
     const int group = m.n_heads / m.n_kv_heads;
-    L.splits_max = grid / m.n_kv_heads;
+    L.splits_max = min(DS_MAX_SPLITS, grid / m.n_kv_heads);
     size_t o = 0;
     L.ctr = o; o = ds_align(o + sizeof(unsigned) * (4 + m.n_kv_heads));
     L.x = o; o = ds_align(o + sizeof(float) * m.hidden);
     L.qkv = o; o = ds_align(o + 2 * (size_t)(m.n_heads + 2 * m.n_kv_heads) * m.head_dim);
     L.attn = o; o = ds_align(o + 2 * (size_t)m.n_heads * m.head_dim);
     L.act = o; o = ds_align(o + 2 * (size_t)m.inter);
-    L.part = o; o = ds_align(o + sizeof(float) * (size_t)m.n_kv_heads * L.splits_max * group * (m.head_dim + 2));
+    // attention split partials: [n_kv_heads][splits_max][group] (max, sum) and [...][head_dim] acc
+    L.part_ml = o; o = ds_align(o + sizeof(float) * 2 * (size_t)m.n_kv_heads * L.splits_max * group);
+    L.part_acc = o; o = ds_align(o + sizeof(float) * (size_t)m.n_kv_heads * L.splits_max * group * m.head_dim);
     L.cand_v = o; o = ds_align(o + sizeof(float) * grid);
     L.cand_i = o; o = ds_align(o + sizeof(int) * grid);
     L.total = o;
@@ -95,7 +109,16 @@ struct DsArgs {
     int stages;
     int in_elems;   // shared input buffer (bf16 elements)
     unsigned long long *prof;  // profiling (kernel harness only): see infer_decode_step_profile
+    int dbg;                   // experiment switches (kernel harness only): DS_DBG_* below
 };
+// Experiment switches (kernel harness only, see infer_decode_step_debug); results are garbage with
+// the first two, they bound the step: weight stream alone, and the latency chain alone.
+#define DS_DBG_NO_MATH 1    // consumers wait for and release tiles without reading them
+#define DS_DBG_NO_STREAM 2  // no weight tiles at all (producer idle, GEMV phases only do epilogues)
+#define DS_DBG_FENCE 4      // grid barrier with a __threadfence before the release add
+#define DS_DBG_NO_ATTN 8    // skip the attention phase
+#define DS_DBG_NO_SYNC 16   // no grid barriers (with 1 | 8: the weight stream alone)
+#define DS_DBG_STAGES6 32   // ring of 6 stages instead of as many as fit
 
 // One GEMV phase: rows [0, n) of each of nseg segments (segment s starts seg_stride elements after w).
 struct DsMat {
@@ -175,13 +198,22 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned *p) {
 __device__ __forceinline__ void red_release_add(unsigned *p, unsigned v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+__device__ __forceinline__ unsigned atom_acq_rel_add(unsigned *p, unsigned v) {
+    unsigned old;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+    return old;
+}
 
-// Consumers of every block: all stores before it are visible to every block after it.
-__device__ __forceinline__ void grid_sync(unsigned *ctr, unsigned &target) {
+// Consumers of every block: all stores before it are visible to every block after it. The block's
+// stores are ordered before thread 0's release add by the CTA barrier (causality order is transitive
+// through bar.sync and the gpu-scope release / acquire pair; CUTLASS's generic barrier relies on the
+// same), so no __threadfence is needed (measured: 1.6% of the step).
+__device__ __forceinline__ void grid_sync(unsigned *ctr, unsigned &target, int dbg) {
     consumer_sync();
+    if (dbg & DS_DBG_NO_SYNC) return;
     target += gridDim.x;
     if (threadIdx.x == 0) {
-        __threadfence();
+        if (dbg & DS_DBG_FENCE) __threadfence();
         red_release_add(ctr, 1);
         const uint64_t t0 = globaltimer();
         while (ld_acquire(ctr) < target)
@@ -231,11 +263,12 @@ struct TileIter {
     }
 };
 
-__device__ void ds_produce(const DsArgs &a, uint8_t *ring, uint32_t full0, uint32_t empty0) {
+__device__ __forceinline__ void ds_produce(const DsArgs &a, uint8_t *ring, uint32_t full0, uint32_t empty0) {
     const uint64_t pol = l2_policy_evict_first(1.f);
     const uint32_t ring_s = smem_u32(ring);
     const int n_ph = a.m.n_layers * 4 + 1;
     TileIter cur;
+    if (a.dbg & DS_DBG_NO_STREAM) return;
     cur.next_phase(a, n_ph);
     for (uint32_t it = 0; cur.p < n_ph; ++it) {
         const uint32_t slot = it % a.stages, round = it / a.stages;
@@ -259,8 +292,17 @@ struct DsSmem {
     uint4 *in;    // phase input, bf16 (8 per uint4)
     float *part;  // [DS_P_FLOATS]
     float *red;   // [64] reductions
+    float *xo;    // [DS_XO] this block's rows of the residual stream x (it owns them: embed, o, down)
     uint32_t full0, empty0;
     uint32_t it;  // consumer tile counter (same sequence as the producer's)
+    uint32_t slot, par;  // it % stages and the parity of it / stages, kept incrementally
+    __device__ __forceinline__ void next_tile(int stages) {
+        ++it;
+        if (++slot == (uint32_t)stages) {
+            slot = 0;
+            par ^= 1u;
+        }
+    }
 };
 
 __device__ __forceinline__ float ldcg_bf16(const bf16 *p) {
@@ -270,7 +312,7 @@ __device__ __forceinline__ float ds_silu(float v) { return v / (1.f + __expf(-v)
 __device__ __forceinline__ float ds_bf16r(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
 // in = bf16(x * g) over the hidden size; returns rsqrt(mean(x^2) + eps) (every consumer thread).
-__device__ float ds_input_norm(const DsArgs &a, DsSmem &sm, const bf16 *g) {
+__device__ __forceinline__ float ds_input_norm(const DsArgs &a, DsSmem &sm, const bf16 *g) {
     const float *x = reinterpret_cast<const float *>(a.ws + a.L.x);
     const int kv = a.m.hidden / 8;
     float ss = 0.f;
@@ -298,7 +340,7 @@ __device__ float ds_input_norm(const DsArgs &a, DsSmem &sm, const bf16 *g) {
 }
 
 // in = src (bf16 written earlier in this kernel).
-__device__ void ds_input_copy(DsSmem &sm, const void *src, int elems) {
+__device__ __forceinline__ void ds_input_copy(DsSmem &sm, const void *src, int elems) {
     for (int c = threadIdx.x; c < elems / 8; c += DS_NT) sm.in[c] = __ldcg(static_cast<const uint4 *>(src) + c);
     consumer_sync();
 }
@@ -310,21 +352,25 @@ __device__ void ds_input_copy(DsSmem &sm, const void *src, int elems) {
 __device__ __forceinline__ void ds_tile_warp(const DsSmem &sm, uint32_t slot, int sl0, int ns, int spr, float *ps) {
     const int lane = threadIdx.x & 31, q = (threadIdx.x >> 5) % DS_WPT;
     const uint4 *t = reinterpret_cast<const uint4 *>(sm.ring + slot * DS_TILE) + q * DS_SPW * 64;
+    // Branch-free: slices past ns (a chunk's last, partial tile) are computed on stale ring bytes and
+    // not stored, so the 8 dot products (2 halves x 4 slices) are independent chains the compiler
+    // interleaves. The input slice of each follows the chunk's row layout (one modulo per tile).
+    int xs = (sl0 + q * DS_SPW) % spr;
     float v[DS_SPW];
 #pragma unroll
     for (int j = 0; j < DS_SPW; ++j) {
-        v[j] = 0.f;
-        if (q * DS_SPW + j < ns) {
-            const uint4 *xi = sm.in + ((sl0 + q * DS_SPW + j) % spr) * (DS_SLICE / 8);
+        const uint4 *xi = sm.in + xs * (DS_SLICE / 8);
+        xs = xs + 1 == spr ? 0 : xs + 1;
+        float hv[2] = {0.f, 0.f};
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                float wf[8], xf[8];
-                unpack8(t[j * 64 + h * 32 + lane], wf);
-                unpack8(xi[h * 32 + lane], xf);
+        for (int h = 0; h < 2; ++h) {
+            float wf[8], xf[8];
+            unpack8(t[j * 64 + h * 32 + lane], wf);
+            unpack8(xi[h * 32 + lane], xf);
 #pragma unroll
-                for (int e = 0; e < 8; ++e) v[j] = fmaf(xf[e], wf[e], v[j]);
-            }
+            for (int e = 0; e < 8; ++e) hv[h] = fmaf(xf[e], wf[e], hv[h]);
         }
+        v[j] = hv[0] + hv[1];
     }
     // Transpose-reduce: at the step with offset o each lane keeps half of its values (which half:
     // lane bit o) summed with its partner's; then the remaining lanes of a value are summed.
@@ -351,7 +397,7 @@ struct ArgBest {
 __device__ __forceinline__ bool ds_better(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
 
 // One GEMV phase for this block: tiles from the ring, per-slice partials, then the epilogue per row.
-__device__ void ds_gemv(const DsArgs &a, DsSmem &sm, int layer, int ph, float scale, ArgBest &best) {
+__device__ __forceinline__ void ds_gemv(const DsArgs &a, DsSmem &sm, int layer, int ph, float scale, ArgBest &best) {
     const DsMat d = ds_mat(a, layer, ph);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int spr = d.k / DS_SLICE;
@@ -363,13 +409,13 @@ __device__ void ds_gemv(const DsArgs &a, DsSmem &sm, int layer, int ph, float sc
             const int nsl = (c1 - c0) * spr;  // slices of this chunk and segment
             float *ps = sm.part + s * ch * spr;
             // Tiles go round robin over the warp groups; each warp dots 4 slices of its group's tile.
-            for (int sl0 = 0; sl0 < nsl; sl0 += DS_TILE_SLICES, ++sm.it) {
+            for (int sl0 = 0; sl0 < nsl && !(a.dbg & DS_DBG_NO_STREAM); sl0 += DS_TILE_SLICES, sm.next_tile(a.stages)) {
                 if (sm.it % DS_GROUPS != (uint32_t)(warp / DS_WPT)) continue;
-                const uint32_t slot = sm.it % a.stages;
+                const uint32_t slot = sm.slot;
                 const uint64_t t0 = a.prof && lane == 0 ? globaltimer() : 0;
-                mbar_wait(sm.full0 + 8 * slot, (sm.it / a.stages) & 1);
+                mbar_wait(sm.full0 + 8 * slot, sm.par);
                 if (a.prof && lane == 0) atomicAdd(&a.prof[blockIdx.x * 128 + 1], (unsigned long long)(globaltimer() - t0));
-                ds_tile_warp(sm, slot, sl0, min(DS_TILE_SLICES, nsl - sl0), spr, ps);
+                if (!(a.dbg & DS_DBG_NO_MATH)) ds_tile_warp(sm, slot, sl0, min(DS_TILE_SLICES, nsl - sl0), spr, ps);
                 __syncwarp();
                 if (lane == 0) mbar_arrive(sm.empty0 + 8 * slot);
             }
@@ -388,8 +434,9 @@ __device__ void ds_gemv(const DsArgs &a, DsSmem &sm, int layer, int ph, float sc
                 case PH_QKV: reinterpret_cast<bf16 *>(a.ws + a.L.qkv)[row] = __float2bfloat16_rn(v[0]); break;
                 case PH_O:
                 case PH_DOWN: {  // this block owns x[row] in the embed, o and down phases alike
-                    float *x = reinterpret_cast<float *>(a.ws + a.L.x) + row;
-                    __stcg(x, __ldcg(x) + v[0]);
+                    const float xn = sm.xo[row - r0] + v[0];
+                    sm.xo[row - r0] = xn;
+                    __stcg(reinterpret_cast<float *>(a.ws + a.L.x) + row, xn);
                     break;
                 }
                 case PH_GU:
@@ -404,30 +451,65 @@ __device__ void ds_gemv(const DsArgs &a, DsSmem &sm, int layer, int ph, float sc
     }
 }
 
-// Attention of one (kv head, split) unit per block; the last split of a kv head merges and writes attn.
+// Attention: (kv head, split) units over blocks (see DsAttnUnit). Each unit writes its split's
+// (max, sum, acc) per query head; the last split of a kv head to finish (atomic ticket) merges them
+// into attn; a single split writes attn itself. (Every block merging all splits itself while loading
+// the o_proj input was measured slower: 1.2% at position 1023, 2.3% at 4095.)
+// Lanes split a k / v row: TPR lanes of 8 dims each, so a warp takes RPW positions at once and UP
+// such steps are loaded together. A split is one such batch of rows (192 for head_dim 64), so below
+// that length one block per kv head writes attn directly, with no cross-block merge.
+template <int D, int G>
+struct DsAttnUnit {
+    static constexpr int TPR = D / 8, RPW = 32 / TPR, UP = G <= 4 ? 4 : 1;
+    int p, len, splits, kvh, sp, b, e;
+    bool active;
+    __device__ __forceinline__ DsAttnUnit(const DsArgs &a) {
+        p = *a.pos;
+        len = (p >= 0 && p < a.m.ctx) ? p + 1 : 0;
+        const int rows = DS_NW * RPW * UP;
+        splits = max(1, min(a.L.splits_max, (len + rows - 1) / rows));
+        active = (int)blockIdx.x < a.m.n_kv_heads * splits;
+        kvh = blockIdx.x / splits;
+        sp = blockIdx.x % splits;
+        const int chunk = (len + splits - 1) / splits;
+        b = sp * chunk;
+        e = min(len, b + chunk);
+    }
+};
+
+
 template <int D, int G>  // G: GQA group bound (4 or 8), sizes the per-thread head arrays
-__device__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
+__device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
     const InferDecodeModel &m = a.m;
     const int group = m.n_heads / m.n_kv_heads, half = D / 2;
-    const int p = *a.pos;
-    const int len = (p >= 0 && p < m.ctx) ? p + 1 : 0;
-    // Splits of >= 32 positions, as many as the grid holds (measured: 32 beats 128 and 512; more
-    // splits = shorter chains per block, the cross-block merge is cheap next to them).
-    const int splits = max(1, min(a.L.splits_max, (len + 31) / 32));
-    const int unit = blockIdx.x;
-    if (unit >= m.n_kv_heads * splits) return;
-    const int kvh = unit / splits, sp = unit % splits;
-    const int chunk = (len + splits - 1) / splits;
-    const int b = sp * chunk, e = min(len, b + chunk);
+    const DsAttnUnit<D, G> u(a);
+    if (!u.active) return;
+    // Scores reduce over the TPR lanes of a row (log2 TPR shuffles).
+    constexpr int TPR = DsAttnUnit<D, G>::TPR, RPW = DsAttnUnit<D, G>::RPW, UP = DsAttnUnit<D, G>::UP;
+    const int p = u.p, len = u.len, splits = u.splits, kvh = u.kvh, sp = u.sp, b = u.b, e = u.e;
     const InferDecodeLayerW &lw = m.layers[layer];
     bf16 *kc = static_cast<bf16 *>(lw.k_cache) + (size_t)kvh * m.ctx * D;
     bf16 *vc = static_cast<bf16 *>(lw.v_cache) + (size_t)kvh * m.ctx * D;
     const bf16 *qkv = reinterpret_cast<const bf16 *>(a.ws + a.L.qkv);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    // Shared scratch (in the input buffer, free during this phase): q [group][D], per-warp m/l/acc.
+    // Shared scratch (in the input buffer, free during this phase): q [group][D], per-warp m / l /
+    // acc, then the new position's rotated k and its v (bf16, D each).
     float *qs = reinterpret_cast<float *>(sm.in);
     float *wm = qs + group * D, *wl = wm + DS_MAX_CWARPS * group, *wacc = wl + DS_MAX_CWARPS * group;
+    uint4 *knew = reinterpret_cast<uint4 *>(wacc + DS_MAX_CWARPS * group * D), *vnew = knew + D / 8;
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+    const int sub = lane / TPR, dl = lane % TPR;
+    const int step = DS_NW * RPW;
+    // The cached rows of the first batch are requested before q / k / v (independent round trips).
+    // Row p is not in the cache yet (its stale row is loaded, then replaced by knew / vnew at use).
+    uint4 kw[UP], vw[UP];
+    const int base0 = b + warp * RPW;
+#pragma unroll
+    for (int u = 0; u < UP; ++u) {
+        const int t = max(0, min(base0 + u * step + sub, e - 1));  // clamped rows are loaded, not used
+        kw[u] = __ldcg(reinterpret_cast<const uint4 *>(kc + (size_t)t * D) + dl);
+        vw[u] = __ldcg(reinterpret_cast<const uint4 *>(vc + (size_t)t * D) + dl);
+    }
     if (len > 0) {
         for (int t = threadIdx.x; t < group * half; t += DS_NT) {
             const int hh = t / half, j = t - hh * half;
@@ -436,23 +518,23 @@ __device__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
             qs[hh * D + j] = ds_bf16r(o.x) * scale_log2;
             qs[hh * D + j + half] = ds_bf16r(o.y) * scale_log2;
         }
-        if (b < e && e == len) {  // this unit holds position p: rotate k, write k and v into the caches
+        if (b < e && e == len) {  // this unit holds position p: rotate k; k and v into smem and the caches
+            bf16 *ks = reinterpret_cast<bf16 *>(knew), *vs = reinterpret_cast<bf16 *>(vnew);
+            const bf16 *kr = qkv + (size_t)(m.n_heads + kvh) * D, *vr = qkv + (size_t)(m.n_heads + m.n_kv_heads + kvh) * D;
             for (int j = threadIdx.x; j < half; j += DS_NT) {
-                const bf16 *kr = qkv + (size_t)(m.n_heads + kvh) * D;
                 const float2 o = rope_pair(ldcg_bf16(kr + j), ldcg_bf16(kr + j + half), m.cos_sin, p, half, j);
-                kc[(size_t)p * D + j] = __float2bfloat16_rn(o.x);
-                kc[(size_t)p * D + j + half] = __float2bfloat16_rn(o.y);
+                ks[j] = __float2bfloat16_rn(o.x);
+                ks[j + half] = __float2bfloat16_rn(o.y);
+                kc[(size_t)p * D + j] = ks[j];
+                kc[(size_t)p * D + j + half] = ks[j + half];
             }
-            const bf16 *vr = qkv + (size_t)(m.n_heads + m.n_kv_heads + kvh) * D;
-            for (int j = threadIdx.x; j < D; j += DS_NT) vc[(size_t)p * D + j] = __float2bfloat16_rn(ldcg_bf16(vr + j));
-            __threadfence();
+            for (int j = threadIdx.x; j < D; j += DS_NT) {
+                vs[j] = __float2bfloat16_rn(ldcg_bf16(vr + j));
+                vc[(size_t)p * D + j] = vs[j];
+            }
         }
     }
     consumer_sync();
-    // Lanes split a k / v row: TPR lanes of 8 dims each, so a warp takes RPW positions at once and UP
-    // such steps are loaded together. Scores reduce over the TPR lanes of a row (log2 TPR shuffles).
-    constexpr int TPR = D / 8, RPW = 32 / TPR, UP = G <= 4 ? 4 : 1;
-    const int sub = lane / TPR, dl = lane % TPR;
     float q[G][8], acc[G][8], mx[G], l[G];
 #pragma unroll
     for (int h = 0; h < G; ++h) {
@@ -464,22 +546,21 @@ __device__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
             acc[h][d] = 0.f;
         }
     }
-    const int step = DS_NW * RPW;
-    for (int base = b + warp * RPW; base < e; base += step * UP) {  // warp-uniform trip count
-        uint4 kw[UP], vw[UP];
-#pragma unroll
-        for (int u = 0; u < UP; ++u) {
-            const int t = min(base + u * step + sub, e - 1);  // clamped rows are loaded, not used
-            kw[u] = __ldcg(reinterpret_cast<const uint4 *>(kc + (size_t)t * D) + dl);
-            vw[u] = __ldcg(reinterpret_cast<const uint4 *>(vc + (size_t)t * D) + dl);
-        }
+    // One batch of UP steps: scores, online softmax, P.V (row p from knew / vnew).
+    auto batch = [&](int base, const uint4 (&kb)[UP], const uint4 (&vb)[UP]) {
 #pragma unroll
         for (int u = 0; u < UP; ++u) {
             if (base + u * step >= e) break;  // warp-uniform
+            const int t = min(base + u * step + sub, e - 1);
             const bool valid = base + u * step + sub < e;
+            uint4 kk = kb[u], vv = vb[u];  // (not `t == p ? knew[dl] : kb[u]`: an lvalue select puts kb in local memory)
+            if (t == p) {
+                kk = knew[dl];
+                vv = vnew[dl];
+            }
             float kf[8], vf[8];
-            unpack8(kw[u], kf);
-            unpack8(vw[u], vf);
+            unpack8(kk, kf);
+            unpack8(vv, vf);
 #pragma unroll
             for (int h = 0; h < G; ++h) {
                 if (h >= group) break;
@@ -497,6 +578,17 @@ __device__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
                 }
             }
         }
+    };
+    if (base0 < e) batch(base0, kw, vw);                                // warp-uniform
+    for (int base = base0 + step * UP; base < e; base += step * UP) {  // warp-uniform trip count
+        uint4 kn[UP], vn[UP];
+#pragma unroll
+        for (int u = 0; u < UP; ++u) {
+            const int t = min(base + u * step + sub, e - 1);
+            kn[u] = __ldcg(reinterpret_cast<const uint4 *>(kc + (size_t)t * D) + dl);
+            vn[u] = __ldcg(reinterpret_cast<const uint4 *>(vc + (size_t)t * D) + dl);
+        }
+        batch(base, kn, vn);
     }
     // Merge the RPW row groups of the warp (lanes dl, dl + TPR, ...), then store the warp's result.
 #pragma unroll
@@ -522,8 +614,11 @@ __device__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
         }
     }
     consumer_sync();
-    // Merge the warps: this split's (max, sum, acc) per head into the workspace.
-    float *part = reinterpret_cast<float *>(a.ws + a.L.part) + (size_t)(kvh * a.L.splits_max) * group * (D + 2);
+    // Merge the warps: this split's (max, sum, acc) per head into the workspace (one split: attn).
+    const size_t row0 = (size_t)kvh * a.L.splits_max * group;  // split s, head h: row row0 + s * group + h
+    float *pml = reinterpret_cast<float *>(a.ws + a.L.part_ml);
+    float *pacc = reinterpret_cast<float *>(a.ws + a.L.part_acc);
+    bf16 *out = reinterpret_cast<bf16 *>(a.ws + a.L.attn) + (size_t)kvh * group * D;
     for (int t = threadIdx.x; t < group * D; t += DS_NT) {
         const int h = t / D, d = t - h * D;
         float M = -INFINITY;
@@ -534,39 +629,56 @@ __device__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
             L += wl[w * group + h] * wt;
             A += wacc[(w * group + h) * D + d] * wt;
         }
-        float *ps = part + (size_t)(sp * group + h) * (D + 2);
-        ps[2 + d] = A;
+        if (splits == 1) {
+            out[t] = __float2bfloat16_rn(L > 0.f ? A / L : 0.f);
+            continue;
+        }
+        const size_t r = row0 + (size_t)sp * group + h;
+        __stcg(pacc + r * D + d, A);
         if (d == 0) {
-            ps[0] = M;
-            ps[1] = L;
+            __stcg(pml + 2 * r, M);
+            __stcg(pml + 2 * r + 1, L);
         }
     }
-    // Ticket: the last split of this kv head to finish merges all of them.
+    // Ticket: the last split of this kv head to finish merges all of them. The CTA barrier orders the
+    // block's partial stores before thread 0's acq_rel add (release); the last block's reads come after
+    // its acquire and the barrier (no __threadfence needed, as in grid_sync).
+    if (splits == 1) return;
     unsigned *tickets = reinterpret_cast<unsigned *>(a.ws + a.L.ctr) + 4;
     int &last = *reinterpret_cast<int *>(sm.red + 63);  // no static __shared__: see the kernel
-    __threadfence();
     consumer_sync();
     if (threadIdx.x == 0) {
-        last = atomicAdd(&tickets[kvh], 1u) == (unsigned)splits - 1;
-        if (last) tickets[kvh] = 0;
+        last = atom_acq_rel_add(&tickets[kvh], 1u) == (unsigned)splits - 1;
+        if (last) tickets[kvh] = 0;  // next used after a grid barrier
     }
     consumer_sync();
     if (!last) return;
-    __threadfence();
-    bf16 *out = reinterpret_cast<bf16 *>(a.ws + a.L.attn) + (size_t)kvh * group * D;
-    for (int t = threadIdx.x; t < group * D; t += DS_NT) {
-        const int h = t / D, d = t - h * D;
-        float M = -INFINITY;
-        for (int s = 0; s < splits; ++s) M = fmaxf(M, __ldcg(part + (size_t)(s * group + h) * (D + 2)));
-        float L = 0.f, A = 0.f;
-        for (int s = 0; s < splits; ++s) {
-            const float *ps = part + (size_t)(s * group + h) * (D + 2);
-            const float ms = __ldcg(ps);
-            const float wt = ms == -INFINITY ? 0.f : exp2f(ms - M);
-            L += __ldcg(ps + 1) * wt;
-            A += __ldcg(ps + 2 + d) * wt;
+    // (max, sum) of every split first (one round trip), then the accumulators, 8 dims per thread.
+    constexpr int CPR = D / 8;
+    for (int t = threadIdx.x; t < group * CPR; t += DS_NT) {
+        const int h = t / CPR, d0 = (t - h * CPR) * 8;
+        float ms[DS_MAX_SPLITS], M = -INFINITY;
+#pragma unroll
+        for (int s = 0; s < DS_MAX_SPLITS; ++s) {
+            ms[s] = s < splits ? __ldcg(pml + 2 * (row0 + (size_t)s * group + h)) : -INFINITY;
+            M = fmaxf(M, ms[s]);
         }
-        out[(size_t)h * D + d] = __float2bfloat16_rn(L > 0.f ? A / L : 0.f);
+        float L = 0.f, A[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int s = 0; s < DS_MAX_SPLITS; ++s) {
+            if (s >= splits) continue;
+            const size_t r = row0 + (size_t)s * group + h;
+            const float wt = ms[s] == -INFINITY ? 0.f : exp2f(ms[s] - M);
+            const float4 *ap = reinterpret_cast<const float4 *>(pacc + r * D + d0);
+            const float4 lo = __ldcg(ap), hi = __ldcg(ap + 1);
+            L += __ldcg(pml + 2 * r + 1) * wt;
+            A[0] += lo.x * wt; A[1] += lo.y * wt; A[2] += lo.z * wt; A[3] += lo.w * wt;
+            A[4] += hi.x * wt; A[5] += hi.y * wt; A[6] += hi.z * wt; A[7] += hi.w * wt;
+        }
+        const float inv = L > 0.f ? 1.f / L : 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) A[e] *= inv;
+        reinterpret_cast<uint4 *>(out + (size_t)h * D)[d0 / 8] = pack8(A);
     }
 }
 
@@ -592,10 +704,13 @@ __global__ void __launch_bounds__(DS_MAX_THREADS, 1) decode_step_kernel(const Ds
     sm.in = reinterpret_cast<uint4 *>(smem + (size_t)a.stages * DS_TILE);
     sm.part = reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(sm.in) + ((size_t)a.in_elems * 2 + 127) / 128 * 128);
     sm.red = sm.part + DS_P_FLOATS;
-    uint64_t *bars = reinterpret_cast<uint64_t *>(sm.red + 64);
+    sm.xo = sm.red + 64;
+    uint64_t *bars = reinterpret_cast<uint64_t *>(sm.xo + DS_XO);
     sm.full0 = smem_u32(bars);
     sm.empty0 = smem_u32(bars + a.stages);
     sm.it = 0;
+    sm.slot = 0;
+    sm.par = 0;
     if (threadIdx.x == 0) {
         for (int s = 0; s < a.stages; ++s) {
             mbar_init(sm.full0 + 8 * s, 1);
@@ -620,38 +735,36 @@ __global__ void __launch_bounds__(DS_MAX_THREADS, 1) decode_step_kernel(const Ds
         float *x = reinterpret_cast<float *>(a.ws + a.L.x);
         const int i0 = (int)((long long)blockIdx.x * m.hidden / gridDim.x), i1 = (int)((long long)(blockIdx.x + 1) * m.hidden / gridDim.x);
         const bf16 *row = static_cast<const bf16 *>(m.embed) + (size_t)(id >= 0 && id < m.vocab ? id : 0) * m.hidden;
-        for (int i = i0 + threadIdx.x; i < i1; i += DS_NT)
-            x[i] = id >= 0 && id < m.vocab ? __bfloat162float(row[i]) : 0.f;
+        for (int i = i0 + threadIdx.x; i < i1; i += DS_NT) {
+            const float v = id >= 0 && id < m.vocab ? __bfloat162float(row[i]) : 0.f;
+            x[i] = v;
+            sm.xo[i - i0] = v;
+        }
     }
-    grid_sync(ctr, target);
+    grid_sync(ctr, target, a.dbg);
     DS_PROF_MARK();
     ArgBest best;
     for (int l = 0; l < m.n_layers; ++l) {
         const InferDecodeLayerW &lw = m.layers[l];
         float scale = ds_input_norm(a, sm, static_cast<const bf16 *>(lw.attn_norm));
         ds_gemv(a, sm, l, PH_QKV, scale, best);
-        grid_sync(ctr, target);
+        grid_sync(ctr, target, a.dbg);
         DS_PROF_MARK();
-    DS_PROF_MARK();
-        ds_attention<D, G>(a, sm, l);
-        grid_sync(ctr, target);
+        if (!(a.dbg & DS_DBG_NO_ATTN)) ds_attention<D, G>(a, sm, l);
+        grid_sync(ctr, target, a.dbg);
         DS_PROF_MARK();
-    DS_PROF_MARK();
         ds_input_copy(sm, a.ws + a.L.attn, m.n_heads * D);
         ds_gemv(a, sm, l, PH_O, 1.f, best);
-        grid_sync(ctr, target);
+        grid_sync(ctr, target, a.dbg);
         DS_PROF_MARK();
-    DS_PROF_MARK();
         scale = ds_input_norm(a, sm, static_cast<const bf16 *>(lw.mlp_norm));
         ds_gemv(a, sm, l, PH_GU, scale, best);
-        grid_sync(ctr, target);
+        grid_sync(ctr, target, a.dbg);
         DS_PROF_MARK();
-    DS_PROF_MARK();
         ds_input_copy(sm, a.ws + a.L.act, m.inter);
         ds_gemv(a, sm, l, PH_DOWN, 1.f, best);
-        grid_sync(ctr, target);
+        grid_sync(ctr, target, a.dbg);
         DS_PROF_MARK();
-    DS_PROF_MARK();
     }
     const float scale = ds_input_norm(a, sm, static_cast<const bf16 *>(m.final_norm));
     ds_gemv(a, sm, 0, PH_HEAD, scale, best);
@@ -711,6 +824,7 @@ static bool ds_shape_ok(const InferDecodeModel *m) {
     if (m->hidden % DS_SLICE || m->inter % DS_SLICE || (m->n_heads * m->head_dim) % DS_SLICE) return false;
     if (m->vocab <= 0 || m->ctx <= 0 || !m->layers || !m->embed || !m->final_norm || !m->lm_head || !m->cos_sin) return false;
     if (ds_grid() / m->n_kv_heads < 1) return false;
+    if ((m->hidden + ds_grid() - 1) / ds_grid() > DS_XO) return false;  // x rows per block (sm.xo)
     // the partials of at least one row of every matrix fit
     return DS_P_FLOATS / (2 * (m->hidden / DS_SLICE)) >= 1 && DS_P_FLOATS / (m->inter / DS_SLICE) >= 1;
 }
@@ -718,14 +832,14 @@ static bool ds_shape_ok(const InferDecodeModel *m) {
 static int ds_in_elems(const InferDecodeModel *m) {
     int e = m->hidden > m->inter ? m->hidden : m->inter;
     if (m->n_heads * m->head_dim > e) e = m->n_heads * m->head_dim;
-    // attention scratch (f32): q [group][D], m / l [16][group], acc [16][group][D]
+    // attention scratch (f32): q [group][D], m / l [12][group], acc [12][group][D], new k and v (bf16 [D] each)
     const int g = m->n_heads / m->n_kv_heads;
-    const int att = 2 * (g * m->head_dim + 2 * DS_MAX_CWARPS * g + DS_MAX_CWARPS * g * m->head_dim);
+    const int att = 2 * (g * m->head_dim + 2 * DS_MAX_CWARPS * g + DS_MAX_CWARPS * g * m->head_dim + m->head_dim);
     return e > att ? e : att;
 }
 
 static size_t ds_fixed_smem(const InferDecodeModel *m) {
-    return ((size_t)ds_in_elems(m) * 2 + 127) / 128 * 128 + DS_P_FLOATS * 4 + 64 * 4;
+    return ((size_t)ds_in_elems(m) * 2 + 127) / 128 * 128 + DS_P_FLOATS * 4 + 64 * 4 + DS_XO * 4;
 }
 
 // Kernel-harness hook (not in the public header): when set, launches accumulate per block
@@ -733,6 +847,9 @@ static size_t ds_fixed_smem(const InferDecodeModel *m) {
 // [2..] the time after each grid barrier; 128 u64 per block. NULL turns it off.
 static unsigned long long *g_ds_prof = nullptr;
 extern "C" void infer_decode_step_profile(unsigned long long *buf) { g_ds_prof = buf; }
+// Kernel-harness hook: DS_DBG_* experiment switches for the next launches (0 = normal).
+static int g_ds_dbg = 0;
+extern "C" void infer_decode_step_debug(int flags) { g_ds_dbg = flags; }
 
 size_t infer_decode_step_workspace_bytes(const InferDecodeModel *m) {
     if (!ds_shape_ok(m)) return 0;
@@ -772,8 +889,9 @@ cudaError_t infer_decode_step_bf16(const InferDecodeModel *m, const int32_t *id_
                                               float *logits, int32_t *next_id, void *workspace, size_t workspace_bytes,
                                               cudaStream_t stream) {
     INFER_CHECK_ARG(ds_shape_ok(m) && id_dev && pos_dev && logits && workspace);
-    const int stages = ds_stages(m);
+    int stages = ds_stages(m);
     if (stages < DS_MIN_STAGES) return cudaErrorNotSupported;
+    if (g_ds_dbg & DS_DBG_STAGES6) stages = 6;
     DsArgs a;
     a.m = *m;
     a.id = id_dev;
@@ -786,6 +904,7 @@ cudaError_t infer_decode_step_bf16(const InferDecodeModel *m, const int32_t *id_
     a.stages = stages;
     a.in_elems = ds_in_elems(m);
     a.prof = g_ds_prof;
+    a.dbg = g_ds_dbg;
     const size_t smem = (size_t)stages * DS_TILE + ds_fixed_smem(m) + 16 * (size_t)stages;
     const bool g4 = m->n_heads / m->n_kv_heads <= 4;
     cudaError_t e = m->head_dim == 64 ? (g4 ? ds_launch<64, 4>(a, smem, stream) : ds_launch<64, 8>(a, smem, stream))

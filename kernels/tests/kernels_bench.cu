@@ -57,6 +57,7 @@ static void sweep_gemv(int n, int k, bool f32) {
 }
 
 extern "C" void infer_decode_step_profile(unsigned long long *buf);  // decode_step.cu (harness hook)
+extern "C" void infer_decode_step_debug(int flags);                 // decode_step.cu (harness hook)
 
 static void bench_decode_attn(int H, int KV, int D, int ctx, int L, const char *label) {
     const size_t cel = (size_t)KV * ctx * D;
@@ -221,6 +222,30 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
                c.name, pos, us2, 1e6 / us2, bytes / us2 / 1e3, bytes / us2 / 1e3 / kPeakGBs * 100, kPeakGBs);
         cudaGraphExecDestroy(ge2);
         cudaGraphDestroy(g2);
+        // BENCH_DS_VARIANTS="1 2 4 8": the same step with experiment switches (DS_DBG_* in decode_step.cu).
+        if (const char *vs = getenv("BENCH_DS_VARIANTS")) {
+            for (const char *q = vs; *q;) {
+                char *end = nullptr;
+                const long f = strtol(q, &end, 10);
+                if (end == q) break;
+                q = end;
+                infer_decode_step_debug((int)f);
+                CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+                CK(infer_decode_step_bf16(&md, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
+                CK(cudaStreamEndCapture(s, &g2));
+                CK(cudaGraphInstantiate(&ge2, g2, 0));
+                infer_decode_step_debug(0);
+                for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge2, s));
+                CK(cudaEventRecord(a, s));
+                for (int i = 0; i < iters; ++i) CK(cudaGraphLaunch(ge2, s));
+                CK(cudaEventRecord(b, s));
+                CK(cudaEventSynchronize(b));
+                CK(cudaEventElapsedTime(&ms, a, b));
+                printf("  one kernel, switches %ld: %8.1f us/token\n", f, ms * 1e3 / iters);
+                cudaGraphExecDestroy(ge2);
+                cudaGraphDestroy(g2);
+            }
+        }
         if (getenv("BENCH_DS_PROF")) {  // where the one-kernel step spends its time (eager launch)
             const int nb = 132 * 4;
             Dev<unsigned long long> prof((size_t)nb * 128);
@@ -260,8 +285,10 @@ void run_decode_benchmarks() {
     const ModelCfg l8b{"8B", 4096, 32, 8, 128, 14336, 32, 128256};
     bench_decode_step(l1b, 1024, 144);
     bench_decode_step(l1b, 4096, 1023);
+    bench_decode_step(l1b, 4096, 2047);
     bench_decode_step(l1b, 4096, 4095);
     bench_decode_step(l8b, 4096, 1023);
+    bench_decode_step(l8b, 4096, 4095);
 }
 
 void run_benchmarks() {

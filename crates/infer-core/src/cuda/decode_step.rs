@@ -1,7 +1,8 @@
 //! The whole decode step as one persistent kernel (`kernels/decode_step.cu`): weights streamed
-//! through a shared-memory ring by TMA bulk copies, phases separated by grid barriers. Opt-in
-//! (`INFER_DECODE_KERNEL=1` or [`crate::Llama3::set_decode_kernel`]) until it beats the per-op
-//! path on Llama-3.2-1B (see the kernel's header comment and the README for the numbers).
+//! through a shared-memory ring by TMA bulk copies, phases separated by grid barriers. By default
+//! ([`DecodeKernel::Auto`]) a GPU model runs it while the KV cache a step reads is small next to
+//! the weights and the per-op step beyond (see the kernel's header comment and the README for the
+//! numbers); `INFER_DECODE_KERNEL=0|1` or [`crate::Llama3::set_decode_kernel_mode`] force either.
 
 use std::sync::Arc;
 
@@ -19,9 +20,32 @@ use crate::tensor::{DType, Tensor};
 
 const OP: &str = "decode_step";
 
-/// Whether `INFER_DECODE_KERNEL=1` asks for the one-kernel decode step by default.
-pub fn requested() -> bool {
-    std::env::var("INFER_DECODE_KERNEL").is_ok_and(|v| v.trim() == "1")
+/// Which implementation a GPU model's batch-1 decode steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// The per-op sequence of kernels (one graph node per op).
+    PerOp,
+    /// The one-kernel step wherever it can run the model (sm_90, bf16 weights, Llama-shaped sizes).
+    OneKernel,
+    /// The one-kernel step while the k / v rows a step reads stay under [`AUTO_KV_SHARE`] of the
+    /// weight bytes, the per-op step beyond (its attention is faster on long contexts). Default.
+    Auto,
+}
+
+/// The crossover of [`DecodeKernel::Auto`]: KV-cache bytes read per step as a share of the weight
+/// bytes. Measured on an H200 (kernel harness, graph replay, one kernel vs per-op): Llama-3.2-1B
+/// 1.06x at position 144, 1.03x at 1023, 1.00x at 2047, 0.94x at 4095 (k / v reads 0.2%, 1.4%,
+/// 2.7%, 5.4% of the weight bytes); Llama-3.1-8B shapes 1.13x at 1023 and 1.06x at 4095 (0.8%,
+/// 3.4%). So 2.5%: Llama-3.2-1B switches to the per-op step at ~1,880 positions.
+pub const AUTO_KV_SHARE: f64 = 0.025;
+
+/// The mode `INFER_DECODE_KERNEL` asks for: `0` per-op, `1` one kernel, unset or else [`DecodeKernel::Auto`].
+pub fn requested() -> DecodeKernel {
+    match std::env::var("INFER_DECODE_KERNEL").as_deref().map(str::trim) {
+        Ok("0") => DecodeKernel::PerOp,
+        Ok("1") => DecodeKernel::OneKernel,
+        _ => DecodeKernel::Auto,
+    }
 }
 
 /// The kernel's view of one model on one device: the layer table (device memory) and the
@@ -29,6 +53,8 @@ pub fn requested() -> bool {
 /// the KV cache are not reallocated (neither is after load).
 pub struct DecodeStep {
     model: ffi::InferDecodeModel,
+    /// Longest sequence (position + 1) [`DecodeKernel::Auto`] runs through this kernel.
+    auto_max_len: usize,
     /// `[n_layers]` `InferDecodeLayerW`, read by the kernel (`model.layers` points here).
     _layers: CudaSlice<u8>,
     workspace: CudaSlice<u8>,
@@ -115,7 +141,22 @@ impl DecodeStep {
         }
         // Zeroed once: the kernel leaves its counters at zero after every launch.
         let workspace = dev.stream.alloc_zeros::<u8>(ws_bytes).map_err(|e| driver_err("alloc", e))?;
-        Ok(Some(DecodeStep { model, _layers: table, workspace, dev: dev.clone() }))
+        // Bytes a step streams: every layer's matrices and the LM head; k and v rows per position.
+        let (h, kv, q) = (c.hidden_size, c.num_key_value_heads * c.head_dim, c.num_attention_heads * c.head_dim);
+        let weight_bytes =
+            2.0 * (layers.len() * (h * (q + 2 * kv) + q * h + 3 * h * c.intermediate_size) + c.vocab_size * h) as f64;
+        let kv_bytes_per_pos = (2 * 2 * layers.len() * kv) as f64;
+        let auto_max_len = (AUTO_KV_SHARE * weight_bytes / kv_bytes_per_pos) as usize;
+        Ok(Some(DecodeStep { model, auto_max_len, _layers: table, workspace, dev: dev.clone() }))
+    }
+
+    /// Whether `mode` runs a step at `pos` through this kernel.
+    pub fn runs(&self, mode: DecodeKernel, pos: usize) -> bool {
+        match mode {
+            DecodeKernel::PerOp => false,
+            DecodeKernel::OneKernel => true,
+            DecodeKernel::Auto => pos < self.auto_max_len,
+        }
     }
 
     /// Queues one step: the id in `ids[0]` at the position in `pos`; logits `[1, vocab]` f32;

@@ -10,6 +10,7 @@ use half::bf16;
 
 use super::llama3::{LayerWeights, Weights};
 use crate::base::{DeviceType, Error, Result};
+use crate::cuda::decode_step::DecodeKernel;
 use crate::cuda::sample::DeviceSampler;
 use crate::cuda::{CudaDevice, DeviceI32, device::driver_err};
 use crate::tensor::{DType, Tensor};
@@ -23,6 +24,11 @@ pub(crate) enum Select {
     Sample = 1,
 }
 
+/// The graph slot of a decode step: its selection, and whether it is the one-kernel step.
+pub(crate) fn graph_slot(select: Select, one_kernel: bool) -> usize {
+    select as usize + 2 * usize::from(one_kernel)
+}
+
 /// Device-side state of a model on a GPU.
 pub(crate) struct GpuState {
     pub dev: Arc<CudaDevice>,
@@ -32,9 +38,9 @@ pub(crate) struct GpuState {
     pub ids: DeviceI32,
     /// Logits of the decode step, `[1, vocab]` f32.
     pub logits: Tensor,
-    /// The captured decode steps (indexed by [`Select`]) and the (workspace capacity, scratch
-    /// epoch) each was captured with.
-    pub graphs: [Option<(CudaGraph, (usize, u64))>; 2],
+    /// The captured decode steps (indexed by [`graph_slot`]: selection and per-op or one-kernel
+    /// step) and the (workspace capacity, scratch epoch) each was captured with.
+    pub graphs: [Option<(CudaGraph, (usize, u64))>; 4],
     /// Sampling state for non-greedy decoding on the device.
     pub sampler: DeviceSampler,
     /// Decode steps run eagerly so far (the first one sizes scratch buffers before capture).
@@ -50,8 +56,10 @@ pub(crate) struct GpuState {
     readback_done: [CudaEvent; 2],
     /// Steps in flight, oldest first: (readback slot, position the id they produce will take).
     inflight: VecDeque<(usize, usize)>,
-    /// Run each decode step as one persistent kernel (opt-in, see `cuda::decode_step`).
-    pub decode_kernel: bool,
+    /// Which decode-step implementation runs (see `cuda::decode_step::DecodeKernel`).
+    pub decode_kernel: DecodeKernel,
+    /// Whether the last decode step queued was the one-kernel step.
+    pub last_step_kernel: bool,
     /// That kernel's tables for this model: `None` until first used, `Some(None)` when the
     /// kernel cannot run this model (the per-op step runs instead).
     pub decode_step: Option<Option<crate::cuda::decode_step::DecodeStep>>,
@@ -71,7 +79,7 @@ impl GpuState {
             pos: DeviceI32::new(&dev, &[0])?,
             ids: DeviceI32::new(&dev, &vec![0; chunk])?,
             logits: Tensor::zeros_on(&[1, vocab], DType::F32, DeviceType::Cuda(ordinal))?,
-            graphs: [None, None],
+            graphs: [None, None, None, None],
             sampler: DeviceSampler::new(&dev, vocab)?,
             eager_steps: 0,
             device_next: None,
@@ -79,6 +87,7 @@ impl GpuState {
             readback_done: [readback_event(&dev)?, readback_event(&dev)?],
             inflight: VecDeque::with_capacity(2),
             decode_kernel: crate::cuda::decode_step::requested(),
+            last_step_kernel: false,
             decode_step: None,
             dev,
         })
@@ -132,17 +141,17 @@ impl GpuState {
             .map_err(|e| driver_err("begin graph capture", e))
     }
 
-    /// Ends the capture and keeps the instantiated graph for `select`.
-    pub fn end_capture(&mut self, capacity: (usize, u64), select: Select) -> Result<()> {
+    /// Ends the capture and keeps the instantiated graph for `slot` ([`graph_slot`]).
+    pub fn end_capture(&mut self, capacity: (usize, u64), slot: usize) -> Result<()> {
         let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
         let graph = self.dev.stream.end_capture(flags).map_err(|e| driver_err("end graph capture", e))?;
         let graph = graph.ok_or_else(|| Error::op("cuda_graph", "stream capture produced no graph"))?;
-        self.graphs[select as usize] = Some((graph, capacity));
+        self.graphs[slot] = Some((graph, capacity));
         Ok(())
     }
 
-    pub fn launch(&self, select: Select) -> Result<()> {
-        match &self.graphs[select as usize] {
+    pub fn launch(&self, slot: usize) -> Result<()> {
+        match &self.graphs[slot] {
             Some((g, _)) => g.launch().map_err(|e| driver_err("graph launch", e)),
             None => Err(Error::op("cuda_graph", "no captured graph")),
         }

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::chat::ChatTemplate;
 use super::config::LlamaConfig;
 #[cfg(feature = "cuda")]
-use super::gpu::Select;
+use super::gpu::{Select, graph_slot};
 use super::kv_cache::KvCache;
 use super::paged_kv::PagedKvCache;
 use super::safetensors::WeightStore;
@@ -18,6 +18,8 @@ use super::tokenizer::{HfTokenizer, Tokenizer};
 use super::weights::WeightSource;
 use super::{Model, workspace::Workspace};
 use crate::base::{DeviceType, Error, Result};
+#[cfg(feature = "cuda")]
+use crate::cuda::decode_step::DecodeKernel;
 use crate::op::embedding::{Ids, embedding_ids};
 #[cfg(feature = "cuda")]
 use crate::op::matmul::matmul;
@@ -682,37 +684,41 @@ impl Llama3 {
         }
         g.pos.set(&[pos as i32])?;
         g.device_next = None;
-        if g.graphs[select as usize].is_none() {
-            self.prepare_decode_kernel()?; // allocates and uploads: never inside a capture
-            let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        self.prepare_decode_kernel()?; // allocates and uploads once: never inside a capture
+        let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        let one_kernel = matches!(&g.decode_step, Some(Some(step)) if step.runs(g.decode_kernel, pos));
+        g.last_step_kernel = one_kernel;
+        let slot = graph_slot(select, one_kernel);
+        if g.graphs[slot].is_none() {
             let capture = g.eager_steps > 0;
             g.eager_steps += 1;
             if capture {
                 g.begin_capture()?;
             }
             // The host id is not read on the GPU (the step embeds the id in device memory).
-            let run = self.decode_ops(id.unwrap_or(0), pos, select);
+            let run = self.decode_ops(id.unwrap_or(0), pos, select, one_kernel);
             let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
             if !capture {
                 run?;
                 return g.push_readback(pos + 1);
             }
             // End the capture even when an op failed, so the stream is usable again.
-            let ended = g.end_capture(capacity, select);
+            let ended = g.end_capture(capacity, slot);
             run?;
             ended?;
         }
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
-        g.launch(select)?;
+        g.launch(slot)?;
         g.push_readback(pos + 1)
     }
 
     /// The decode step's ops (what the graph captures): layers, final norm, LM head into the
-    /// GPU state's logits buffer, then the next id (argmax or sampled) into `ids`.
+    /// GPU state's logits buffer, then the next id (argmax or sampled) into `ids`; or all of it
+    /// as one kernel.
     #[cfg(feature = "cuda")]
-    fn decode_ops(&mut self, id: u32, pos: usize, select: Select) -> Result<()> {
-        if self.decode_kernel_step(select)? {
-            return Ok(());
+    fn decode_ops(&mut self, id: u32, pos: usize, select: Select, one_kernel: bool) -> Result<()> {
+        if one_kernel {
+            return self.decode_kernel_step(select);
         }
         self.run_layers(&[id], Kv::Own(pos))?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed_tokens);
@@ -724,25 +730,29 @@ impl Llama3 {
         }
     }
 
-    /// The decode step as one kernel when it is switched on and can run this model: embedding,
-    /// every layer, LM head into the GPU state's logits and the next id into `ids` (greedy) or
-    /// through the sampler. `false`: the per-op step must run.
+    /// The decode step as one kernel (prepared, see `prepare_decode_kernel`): embedding, every
+    /// layer, LM head into the GPU state's logits and the next id into `ids` (greedy) or through
+    /// the sampler.
     #[cfg(feature = "cuda")]
-    fn decode_kernel_step(&mut self, select: Select) -> Result<bool> {
-        let Some(g) = self.gpu.as_mut().filter(|g| g.decode_kernel) else { return Ok(false) };
-        let Some(Some(step)) = &g.decode_step else { return Ok(false) };
+    fn decode_kernel_step(&mut self, select: Select) -> Result<()> {
+        let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        let Some(Some(step)) = &g.decode_step else { return Err(Error::op("decode_step", "not prepared")) };
         step.launch(&mut g.ids, &g.pos, &mut g.logits, select == Select::Greedy)?;
         if select == Select::Sample {
             g.sampler.launch(&g.logits, &mut g.ids)?;
         }
-        Ok(true)
+        Ok(())
     }
 
-    /// Builds the one-kernel step's tables once, when it is switched on (device allocations and
-    /// uploads: this must run outside a graph capture, which would record them as graph nodes).
+    /// Builds the one-kernel step's tables once, unless the per-op step is forced (device
+    /// allocations and uploads: this must run outside a graph capture, which would record them
+    /// as graph nodes).
     #[cfg(feature = "cuda")]
     fn prepare_decode_kernel(&mut self) -> Result<()> {
-        let Some(g) = self.gpu.as_mut().filter(|g| g.decode_kernel && g.decode_step.is_none()) else { return Ok(()) };
+        let Some(g) = self.gpu.as_mut().filter(|g| g.decode_kernel != DecodeKernel::PerOp && g.decode_step.is_none())
+        else {
+            return Ok(());
+        };
         let step = crate::cuda::decode_step::DecodeStep::new(
             &g.dev,
             &self.config,
@@ -754,26 +764,32 @@ impl Llama3 {
         Ok(())
     }
 
-    /// Whether the last decode steps ran as one kernel (switched on and able to run this model).
+    /// Whether the last decode step ran as one kernel.
     #[cfg(feature = "cuda")]
     pub fn decode_kernel_active(&self) -> bool {
-        self.gpu.as_ref().is_some_and(|g| g.decode_kernel && matches!(g.decode_step, Some(Some(_))))
+        self.gpu.as_ref().is_some_and(|g| g.last_step_kernel)
     }
 
-    /// Runs decode steps as one persistent kernel (`true`) or as the per-op sequence (`false`,
-    /// the default unless `INFER_DECODE_KERNEL=1`). The kernel needs bf16 weights, an sm_90 GPU
-    /// and Llama-shaped sizes (multiples of 512); other models keep the per-op step either way.
-    /// Captured decode graphs are dropped, so the next step captures the chosen path.
+    /// Forces decode steps to run as one persistent kernel (`true`) or as the per-op sequence
+    /// (`false`); see [`Llama3::set_decode_kernel_mode`].
     #[cfg(feature = "cuda")]
     pub fn set_decode_kernel(&mut self, on: bool) -> Result<()> {
+        self.set_decode_kernel_mode(if on { DecodeKernel::OneKernel } else { DecodeKernel::PerOp })
+    }
+
+    /// Which implementation decode steps run: [`DecodeKernel::Auto`] (the default unless
+    /// `INFER_DECODE_KERNEL=0|1`) takes the one-kernel step at short and medium contexts and the
+    /// per-op step on long ones. The kernel needs bf16 weights, an sm_90 GPU and Llama-shaped sizes
+    /// (multiples of 512); other models keep the per-op step in every mode.
+    #[cfg(feature = "cuda")]
+    pub fn set_decode_kernel_mode(&mut self, mode: DecodeKernel) -> Result<()> {
         // Steps still in flight may be replaying the graphs dropped below: read them first.
         while self.gpu.as_ref().is_some_and(|g| g.in_flight() > 0) {
             self.decode_outputs(false)?;
         }
         if let Some(g) = self.gpu.as_mut() {
             g.dev.synchronize()?;
-            g.decode_kernel = on;
-            g.graphs = [None, None];
+            g.decode_kernel = mode;
         }
         Ok(())
     }
