@@ -165,7 +165,7 @@ fn cpu_vs_cuda_on_1b_shape() {
     }
 }
 
-/// The one-kernel decode step (opt-in) against the per-op step on the same weights: teacher-forced
+/// The one-kernel decode step against the per-op step (each forced) on the same weights: teacher-forced
 /// decode logits within the CPU-vs-GPU tolerance above (both use bf16 activations; they differ in
 /// summation order only), the same argmax wherever the per-op top-1 margin exceeds twice that, and
 /// greedy generation through the pipelined, graph-replayed path equal to its own stepwise decode.
