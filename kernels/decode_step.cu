@@ -46,7 +46,9 @@
 // step: every device function inlined (called functions read the shared-memory ring through
 // generic loads and spilled around the calls), branch-free tiles with two accumulators per slice
 // (math 119 -> 25 us over the stream), splits of one load batch of rows (192) so short contexts need
-// no cross-block merge, the residual rows a block owns kept in shared memory.
+// no cross-block merge, the residual rows a block owns kept in shared memory, one online-softmax
+// update per batch of 4 rows (attention's scores + softmax + P.V 3.9 -> 2.9 us per layer at 144,
+// per-block clock64 profile: BENCH_DS_PROF=1).
 #include "common.cuh"
 
 #include <limits.h>
@@ -296,6 +298,7 @@ struct DsSmem {
     uint32_t full0, empty0;
     uint32_t it;  // consumer tile counter (same sequence as the producer's)
     uint32_t slot, par;  // it % stages and the parity of it / stages, kept incrementally
+    long long tp;        // profiling: last clock64 mark (thread 0)
     __device__ __forceinline__ void next_tile(int stages) {
         ++it;
         if (++slot == (uint32_t)stages) {
@@ -478,6 +481,16 @@ struct DsAttnUnit {
 };
 
 
+// Profiling (kernel harness only): SM cycles since the last mark added to slot `s` of this block.
+#define DS_PROF_ACC(s)                                                                               \
+    do {                                                                                             \
+        if (a.prof && threadIdx.x == 0) {                                                            \
+            const long long now_ = clock64();                                                        \
+            a.prof[blockIdx.x * 128 + (s)] += (unsigned long long)(now_ - sm.tp);                   \
+            sm.tp = now_;                                                                            \
+        }                                                                                            \
+    } while (0)
+
 template <int D, int G>  // G: GQA group bound (4 or 8), sizes the per-thread head arrays
 __device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
     const InferDecodeModel &m = a.m;
@@ -535,6 +548,7 @@ __device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int la
         }
     }
     consumer_sync();
+    DS_PROF_ACC(110);
     float q[G][8], acc[G][8], mx[G], l[G];
 #pragma unroll
     for (int h = 0; h < G; ++h) {
@@ -548,35 +562,59 @@ __device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int la
     }
     // One batch of UP steps: scores, online softmax, P.V (row p from knew / vnew).
     auto batch = [&](int base, const uint4 (&kb)[UP], const uint4 (&vb)[UP]) {
+        // The UP rows of a lane group are one online-softmax update: all scores first (their
+        // shuffles interleave), one max / rescale per head, then P.V. Rows past e weigh 0.
+        float sc[G][UP];
+        bool valid[UP];
 #pragma unroll
         for (int u = 0; u < UP; ++u) {
-            if (base + u * step >= e) break;  // warp-uniform
             const int t = min(base + u * step + sub, e - 1);
-            const bool valid = base + u * step + sub < e;
-            uint4 kk = kb[u], vv = vb[u];  // (not `t == p ? knew[dl] : kb[u]`: an lvalue select puts kb in local memory)
-            if (t == p) {
-                kk = knew[dl];
-                vv = vnew[dl];
-            }
-            float kf[8], vf[8];
+            valid[u] = base + u * step + sub < e;
+            uint4 kk = kb[u];  // (not `t == p ? knew[dl] : kb[u]`: an lvalue select puts kb in local memory)
+            if (t == p) kk = knew[dl];
+            float kf[8];
             unpack8(kk, kf);
-            unpack8(vv, vf);
 #pragma unroll
             for (int h = 0; h < G; ++h) {
-                if (h >= group) break;
-                float sc = 0.f;
+                sc[h][u] = 0.f;
 #pragma unroll
-                for (int d = 0; d < 8; ++d) sc = fmaf(q[h][d], kf[d], sc);
-#pragma unroll
-                for (int o = TPR / 2; o > 0; o >>= 1) sc += __shfl_xor_sync(0xffffffffu, sc, o);
-                if (valid) {
-                    const float mn = fmaxf(mx[h], sc), corr = exp2f(mx[h] - mn), pr = exp2f(sc - mn);
-                    l[h] = l[h] * corr + pr;
-#pragma unroll
-                    for (int d = 0; d < 8; ++d) acc[h][d] = fmaf(pr, vf[d], acc[h][d] * corr);
-                    mx[h] = mn;
-                }
+                for (int d = 0; d < 8; ++d) sc[h][u] = fmaf(q[h][d], kf[d], sc[h][u]);
             }
+        }
+#pragma unroll
+        for (int o = TPR / 2; o > 0; o >>= 1)
+#pragma unroll
+            for (int h = 0; h < G; ++h)
+#pragma unroll
+                for (int u = 0; u < UP; ++u) sc[h][u] += __shfl_xor_sync(0xffffffffu, sc[h][u], o);
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+            float mn = mx[h];
+#pragma unroll
+            for (int u = 0; u < UP; ++u) mn = valid[u] ? fmaxf(mn, sc[h][u]) : mn;
+            const float corr = mn == -INFINITY ? 1.f : exp2f(mx[h] - mn);
+            float ps = 0.f;
+#pragma unroll
+            for (int u = 0; u < UP; ++u) {
+                sc[h][u] = valid[u] ? exp2f(sc[h][u] - mn) : 0.f;  // now the weight p
+                ps += sc[h][u];
+            }
+            l[h] = l[h] * corr + ps;
+            mx[h] = mn;
+#pragma unroll
+            for (int d = 0; d < 8; ++d) acc[h][d] *= corr;
+        }
+#pragma unroll
+        for (int u = 0; u < UP; ++u) {
+            const int t = min(base + u * step + sub, e - 1);
+            uint4 vv = vb[u];
+            if (t == p) vv = vnew[dl];
+            float vf[8];
+            unpack8(vv, vf);
+#pragma unroll
+            for (int h = 0; h < G; ++h)
+#pragma unroll
+                for (int d = 0; d < 8; ++d) acc[h][d] = fmaf(sc[h][u], vf[d], acc[h][d]);
         }
     };
     if (base0 < e) batch(base0, kw, vw);                                // warp-uniform
@@ -614,6 +652,7 @@ __device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int la
         }
     }
     consumer_sync();
+    DS_PROF_ACC(111);
     // Merge the warps: this split's (max, sum, acc) per head into the workspace (one split: attn).
     const size_t row0 = (size_t)kvh * a.L.splits_max * group;  // split s, head h: row row0 + s * group + h
     float *pml = reinterpret_cast<float *>(a.ws + a.L.part_ml);
@@ -643,7 +682,10 @@ __device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int la
     // Ticket: the last split of this kv head to finish merges all of them. The CTA barrier orders the
     // block's partial stores before thread 0's acq_rel add (release); the last block's reads come after
     // its acquire and the barrier (no __threadfence needed, as in grid_sync).
-    if (splits == 1) return;
+    if (splits == 1) {
+        DS_PROF_ACC(112);
+        return;
+    }
     unsigned *tickets = reinterpret_cast<unsigned *>(a.ws + a.L.ctr) + 4;
     int &last = *reinterpret_cast<int *>(sm.red + 63);  // no static __shared__: see the kernel
     consumer_sync();
@@ -750,10 +792,14 @@ __global__ void __launch_bounds__(DS_MAX_THREADS, 1) decode_step_kernel(const Ds
         ds_gemv(a, sm, l, PH_QKV, scale, best);
         grid_sync(ctr, target, a.dbg);
         DS_PROF_MARK();
+        if (a.prof && threadIdx.x == 0) sm.tp = clock64();
         if (!(a.dbg & DS_DBG_NO_ATTN)) ds_attention<D, G>(a, sm, l);
+        DS_PROF_ACC(113);  // the rest of attention (ticket, merge) when split
         grid_sync(ctr, target, a.dbg);
         DS_PROF_MARK();
+        DS_PROF_ACC(114);  // barrier
         ds_input_copy(sm, a.ws + a.L.attn, m.n_heads * D);
+        DS_PROF_ACC(115);  // o_proj input
         ds_gemv(a, sm, l, PH_O, 1.f, best);
         grid_sync(ctr, target, a.dbg);
         DS_PROF_MARK();

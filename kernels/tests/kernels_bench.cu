@@ -271,6 +271,11 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
                    "producer waits for a slot %.1f us, consumer warp waits for data %.1f us (means)\n",
                    pos, (t[last + 1] - t[0]) / 1e3, (t[1] - t[0]) / 1e3, ph[0], ph[1], ph[2], ph[3], ph[4],
                    (t[last + 1] - t[last]) / 1e3, pw, cw);
+            const unsigned long long *c0 = h.data();  // block 0: attention unit (kv head 0, split 0)
+            printf("  attention of block 0, us per layer (cycles / 1.98 GHz): loads + rope %.2f | scores + softmax + PV %.2f | "
+                   "warp merge + store %.2f | ticket + merge %.2f | barrier %.2f | o_proj input %.2f\n",
+                   c0[110] / 1980.0 / c.layers, c0[111] / 1980.0 / c.layers, c0[112] / 1980.0 / c.layers,
+                   c0[113] / 1980.0 / c.layers, c0[114] / 1980.0 / c.layers, c0[115] / 1980.0 / c.layers);
         }
     }
     cudaEventDestroy(a);
