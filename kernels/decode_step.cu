@@ -42,7 +42,10 @@
 // L2 prefetch of weight tiles while the ring is full (cp.async.bulk.prefetch.L2, 8 / 24 tiles
 // ahead: 1.1-1.3x slower) or of the attention unit's k / v rows (no gain), every block merging the
 // attention splits itself (16 splits x 132 blocks of L2 reads: 2.3% slower at 4095), the
-// __threadfence before the barrier's release add (1.6% slower). What made it faster than the per-op
+// __threadfence before the barrier's release add (1.6% slower), the query heads of a kv head spread
+// over blocks (no merge; attention instantiated per heads-per-unit): 842 vs 857 us at 144 but 3-10%
+// slower at 1023-4095 and on 8B shapes (register spills of the whole kernel: 330-460 bytes). What
+// made it faster than the per-op
 // step: every device function inlined (called functions read the shared-memory ring through
 // generic loads and spilled around the calls), branch-free tiles with two accumulators per slice
 // (math 119 -> 25 us over the stream), splits of one load batch of rows (192) so short contexts need

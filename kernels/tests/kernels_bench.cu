@@ -205,45 +205,39 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
         const size_t mwsb = infer_decode_step_workspace_bytes(&md);
         Dev<uint8_t> mws(mwsb);
         CK(cudaMemset(mws.p, 0, mwsb));
-        cudaGraph_t g2;
-        cudaGraphExec_t ge2;
-        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-        CK(infer_decode_step_bf16(&md, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
-        CK(cudaStreamEndCapture(s, &g2));
-        CK(cudaGraphInstantiate(&ge2, g2, 0));
-        for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge2, s));
-        CK(cudaEventRecord(a, s));
-        for (int i = 0; i < iters; ++i) CK(cudaGraphLaunch(ge2, s));
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        CK(cudaEventElapsedTime(&ms, a, b));
-        const double us2 = ms * 1e3 / iters;
+        // The step captured as a graph (with experiment switches `flags`, DS_DBG_* in decode_step.cu),
+        // replayed: us per step.
+        auto time_one_kernel = [&](int flags) {
+            cudaGraph_t g2;
+            cudaGraphExec_t ge2;
+            infer_decode_step_debug(flags);
+            CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+            CK(infer_decode_step_bf16(&md, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
+            CK(cudaStreamEndCapture(s, &g2));
+            CK(cudaGraphInstantiate(&ge2, g2, 0));
+            infer_decode_step_debug(0);
+            for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge2, s));
+            CK(cudaEventRecord(a, s));
+            for (int i = 0; i < iters; ++i) CK(cudaGraphLaunch(ge2, s));
+            CK(cudaEventRecord(b, s));
+            CK(cudaEventSynchronize(b));
+            float t_ms;
+            CK(cudaEventElapsedTime(&t_ms, a, b));
+            cudaGraphExecDestroy(ge2);
+            cudaGraphDestroy(g2);
+            return t_ms * 1e3 / iters;
+        };
+        const double us2 = time_one_kernel(0);
         printf("decode step %-5s (graph, one kernel) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
                c.name, pos, us2, 1e6 / us2, bytes / us2 / 1e3, bytes / us2 / 1e3 / kPeakGBs * 100, kPeakGBs);
-        cudaGraphExecDestroy(ge2);
-        cudaGraphDestroy(g2);
-        // BENCH_DS_VARIANTS="1 2 4 8": the same step with experiment switches (DS_DBG_* in decode_step.cu).
+        // BENCH_DS_VARIANTS="1 2 10 25 24": the same step with experiment switches.
         if (const char *vs = getenv("BENCH_DS_VARIANTS")) {
             for (const char *q = vs; *q;) {
                 char *end = nullptr;
                 const long f = strtol(q, &end, 10);
                 if (end == q) break;
                 q = end;
-                infer_decode_step_debug((int)f);
-                CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-                CK(infer_decode_step_bf16(&md, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
-                CK(cudaStreamEndCapture(s, &g2));
-                CK(cudaGraphInstantiate(&ge2, g2, 0));
-                infer_decode_step_debug(0);
-                for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge2, s));
-                CK(cudaEventRecord(a, s));
-                for (int i = 0; i < iters; ++i) CK(cudaGraphLaunch(ge2, s));
-                CK(cudaEventRecord(b, s));
-                CK(cudaEventSynchronize(b));
-                CK(cudaEventElapsedTime(&ms, a, b));
-                printf("  one kernel, switches %ld: %8.1f us/token\n", f, ms * 1e3 / iters);
-                cudaGraphExecDestroy(ge2);
-                cudaGraphDestroy(g2);
+                printf("  one kernel, switches %ld: %8.1f us/token\n", f, time_one_kernel((int)f));
             }
         }
         if (getenv("BENCH_DS_PROF")) {  // where the one-kernel step spends its time (eager launch)

@@ -144,6 +144,16 @@ fn model_dir_on_gpu() -> Option<String> {
     dir
 }
 
+/// [`model_dir_on_gpu`] on a GPU that can run the one-kernel decode step (sm_90: TMA bulk copies).
+fn model_dir_on_sm90() -> Option<String> {
+    let dir = model_dir_on_gpu()?;
+    if infer_core::cuda::device(0).unwrap().compute_capability().unwrap().0 < 9 {
+        println!("SKIPPED: the one-kernel decode step needs sm_90 (TMA bulk copies)");
+        return None;
+    }
+    Some(dir)
+}
+
 #[test]
 fn cpu_vs_cuda_on_1b_shape() {
     let Some(dir) = model_dir_on_gpu() else { return };
@@ -171,11 +181,7 @@ fn cpu_vs_cuda_on_1b_shape() {
 /// greedy generation through the pipelined, graph-replayed path equal to its own stepwise decode.
 #[test]
 fn decode_kernel_matches_per_op_step() {
-    let Some(dir) = model_dir_on_gpu() else { return };
-    if infer_core::cuda::device(0).unwrap().compute_capability().unwrap().0 < 9 {
-        println!("SKIPPED: the one-kernel decode step needs sm_90 (TMA bulk copies)");
-        return;
-    }
+    let Some(dir) = model_dir_on_sm90() else { return };
     let mut gpu = load(&dir, DeviceType::Cuda(0), 512);
     let ids: Vec<u32> = (0..40u32).map(|i| 1000 + i * 997 % 50000).collect();
     let steps = [5u32, 77, 12345, 9, 100000, 3, 64000, 1];
@@ -212,11 +218,7 @@ fn decode_kernel_matches_per_op_step() {
 /// paths are deterministic: fixed summation orders, no atomics on data).
 #[test]
 fn decode_kernel_auto_switches_by_context() {
-    let Some(dir) = model_dir_on_gpu() else { return };
-    if infer_core::cuda::device(0).unwrap().compute_capability().unwrap().0 < 9 {
-        println!("SKIPPED: the one-kernel decode step needs sm_90 (TMA bulk copies)");
-        return;
-    }
+    let Some(dir) = model_dir_on_sm90() else { return };
     let mut gpu = load(&dir, DeviceType::Cuda(0), 4096);
     let ids: Vec<u32> = (0..3000u32).map(|i| 1000 + i * 7919 % 100000).collect();
     let mut step_at = |mode: DecodeKernel, pos: usize| -> (Vec<f32>, bool) {
