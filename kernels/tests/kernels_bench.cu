@@ -177,15 +177,19 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
     cudaEvent_t a, b;
     CK(cudaEventCreate(&a));
     CK(cudaEventCreate(&b));
-    for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge, s));
-    const int iters = 30;
-    CK(cudaEventRecord(a, s));
-    for (int i = 0; i < iters; ++i) CK(cudaGraphLaunch(ge, s));
-    CK(cudaEventRecord(b, s));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    const double us = ms * 1e3 / iters;
+    // us per replay of a graph: 3 warm-up launches, then 30 timed back to back.
+    auto time_graph = [&](cudaGraphExec_t e) {
+        const int iters = 30;
+        for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(e, s));
+        CK(cudaEventRecord(a, s));
+        for (int i = 0; i < iters; ++i) CK(cudaGraphLaunch(e, s));
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        float t_ms;
+        CK(cudaEventElapsedTime(&t_ms, a, b));
+        return t_ms * 1e3 / iters;
+    };
+    const double us = time_graph(ge);
     const double bytes = 2.0 * (per_layer * c.layers + (size_t)c.vocab * hd) + 4.0 * c.layers * c.KV * (pos + 1.0) * c.D;
     printf("decode step %-5s (graph, PDL %s, %s) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
            c.name, getenv("INFER_NO_PDL") ? "off" : "on", fused ? "fused" : "unfused", pos, us, 1e6 / us, bytes / us / 1e3, bytes / us / 1e3 / kPeakGBs * 100,
@@ -216,16 +220,10 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
             CK(cudaStreamEndCapture(s, &g2));
             CK(cudaGraphInstantiate(&ge2, g2, 0));
             infer_decode_step_debug(0);
-            for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(ge2, s));
-            CK(cudaEventRecord(a, s));
-            for (int i = 0; i < iters; ++i) CK(cudaGraphLaunch(ge2, s));
-            CK(cudaEventRecord(b, s));
-            CK(cudaEventSynchronize(b));
-            float t_ms;
-            CK(cudaEventElapsedTime(&t_ms, a, b));
+            const double t_us = time_graph(ge2);
             cudaGraphExecDestroy(ge2);
             cudaGraphDestroy(g2);
-            return t_ms * 1e3 / iters;
+            return t_us;
         };
         const double us2 = time_one_kernel(0);
         printf("decode step %-5s (graph, one kernel) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
