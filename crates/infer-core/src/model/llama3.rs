@@ -783,12 +783,9 @@ impl Llama3 {
     /// (multiples of 512); other models keep the per-op step in every mode.
     #[cfg(feature = "cuda")]
     pub fn set_decode_kernel_mode(&mut self, mode: DecodeKernel) -> Result<()> {
-        // Steps still in flight may be replaying the graphs dropped below: read them first.
-        while self.gpu.as_ref().is_some_and(|g| g.in_flight() > 0) {
-            self.decode_outputs(false)?;
-        }
+        // The graphs of both paths are kept (one slot each) and share the caches and buffers on
+        // one stream, so steps in flight stay valid: the next step picks its graph by `mode`.
         if let Some(g) = self.gpu.as_mut() {
-            g.dev.synchronize()?;
             g.decode_kernel = mode;
         }
         Ok(())
