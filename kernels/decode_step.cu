@@ -29,10 +29,18 @@
 // non-coherent / L1 paths.
 //
 // Status (H200, kernel harness `kernels_test --decode-step`, graph replay, same weights as the
-// per-op step): Llama-3.2-1B 856 vs 904 us per step at position 144 (1.06x), 926 vs 950 at 1023,
-// 956 vs 952 at 2047, 1,036 vs 979 at 4095 (0.94x); Llama-3.1-8B shapes 4,077 vs 4,620 at 1023
-// (1.13x), 4,444 vs 4,729 at 4095. The engine picks it below a context length (DecodeKernel::Auto).
-// Where the time goes (experiment switches DS_DBG_*, Llama-3.2-1B at 144): the weight stream alone
+// per-op step, session 9): Llama-3.2-1B 842-851 vs 901-906 us per step at position 144 (1.07x),
+// 901-917 vs 945-951 at 1023, 933-949 vs 952-956 at 2047, 1,022-1,033 vs 974-980 at 4095 (0.96x);
+// Llama-3.1-8B shapes 4,031-4,100 vs 4,547-4,616 at 1023 (1.14x), 4,340-4,406 vs 4,659-4,715 at
+// 4095. The engine picks it below a context length (DecodeKernel::Auto).
+// Where the time goes (BENCH_DS_PROF=0 in the harness: per-phase clock64 breakdown, producer stalls by
+// kind; Llama-3.2-1B at 144, means over blocks, us per step): the producer waits ~420 us for a free
+// slot, always with the oldest tile landed (the consumers are behind, not the stream), and ~125-135
+// us with every ring tile landed (nothing in flight for the SM), ~100 of them from the qkv barrier
+// to the o_proj input; per-block tile and barrier sums are uniform across SMs (331-341 / 196-217 us),
+// so no block is a systematic straggler. Per layer: qkv norm 1.1, o / down input copy 0.3 / 0.6,
+// barrier waits 2.3-4.7 (1.1 in the latency chain alone), attention 5.9 on 8 blocks.
+// Experiment switches DS_DBG_* (Llama-3.2-1B at 144): the weight stream alone
 // (no math, no barriers, no attention) takes 563 us (4.4 TB/s); with the consumers' math 588 us;
 // the latency chain alone (barriers, norms, epilogues, attention; no weights) 271-283 us, of it
 // attention ~100 us. The whole step is close to stream + chain: the 192 KB ring holds little more
@@ -44,14 +52,22 @@
 // attention splits itself (16 splits x 132 blocks of L2 reads: 2.3% slower at 4095), the
 // __threadfence before the barrier's release add (1.6% slower), the query heads of a kv head spread
 // over blocks (no merge; attention instantiated per heads-per-unit): 842 vs 857 us at 144 but 3-10%
-// slower at 1023-4095 and on 8B shapes (register spills of the whole kernel: 330-460 bytes). What
+// slower at 1023-4095 and on 8B shapes (register spills of the whole kernel: 330-460 bytes); per kv
+// head ready counters instead of the qkv grid barrier (each attention unit waits for the ~18 blocks
+// producing its rows): no gain at 144 / 1023, 1-3% slower at 2047 / 4095 (the qkv rows arrive at
+// the stream's pace, the wait is not a straggler effect); more registers (__maxnreg__ 152): 13 warps
+// do not fit (4 warps on one scheduler x 152 x 32 > its 16K registers, the launch fails); skipping
+// the scores of row-less steps too (ptxas spills 120-230 bytes: 2.3-2.8% slower); a short context
+// spread over up to 4 units per kv head whose partials every block merges while loading the o_proj
+// input (3-6% slower at 144: 132 blocks read 34 KB of partials each right after the barrier). What
 // made it faster than the per-op
 // step: every device function inlined (called functions read the shared-memory ring through
 // generic loads and spilled around the calls), branch-free tiles with two accumulators per slice
 // (math 119 -> 25 us over the stream), splits of one load batch of rows (192) so short contexts need
 // no cross-block merge, the residual rows a block owns kept in shared memory, one online-softmax
 // update per batch of 4 rows (attention's scores + softmax + P.V 3.9 -> 2.9 us per layer at 144,
-// per-block clock64 profile: BENCH_DS_PROF=1).
+// per-block clock64 profile: BENCH_DS_PROF=0), P.V skipping the steps of a ragged last batch that
+// hold no row (0.75-0.9% at 144, 1023 and on 8B shapes at 1023).
 #include "common.cuh"
 
 #include <limits.h>
@@ -124,6 +140,20 @@ struct DsArgs {
 #define DS_DBG_NO_ATTN 8    // skip the attention phase
 #define DS_DBG_NO_SYNC 16   // no grid barriers (with 1 | 8: the weight stream alone)
 #define DS_DBG_STAGES6 32   // ring of 6 stages instead of as many as fit
+// Profile slots (per block, u64): producer stall ns by the consumers' phase (DS_PH_*): the oldest tile
+// in flight (M) or landed and waiting for the consumers (C).
+#define DS_PROF_STRIDE 256
+#define DS_PROF_STALL_M 96
+#define DS_PROF_STALL_C 102
+#define DS_PROF_STALL_I 116  // ... of which every tile of the ring had landed: nothing in flight for this SM
+// clock64 cycles of thread 0 per GEMV phase (PH_*): input (norm / copy), tiles, epilogue, barrier.
+#define DS_PROF_BRK 128
+#define DS_PROF_SMID 160
+// Accumulators for slots [0, DS_PROF_ACCS) live in shared memory while the kernel runs (a global
+// read-modify-write per mark would add an L2 round trip to the path it measures); thread 0 adds them
+// to the buffer at exit. The per-barrier time marks (slots 2..94) are plain global stores.
+#define DS_PROF_ACCS 160
+enum DsConsumerPhase { DS_PH_QKV = 0, DS_PH_ATTN = 1, DS_PH_O = 2, DS_PH_GU = 3, DS_PH_DOWN = 4, DS_PH_EDGE = 5 };
 
 // One GEMV phase: rows [0, n) of each of nseg segments (segment s starts seg_stride elements after w).
 struct DsMat {
@@ -172,6 +202,25 @@ __device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
         "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
         : "=r"(ok)
         : "r"(bar), "r"(parity)
+        : "memory");
+    return ok != 0;
+}
+// Non-blocking (mbarrier.try_wait may suspend the thread for a while before it returns false).
+__device__ __forceinline__ bool mbar_test_wait(uint32_t bar, uint32_t parity) {
+    uint32_t ok;
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(ok)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    return ok != 0;
+}
+__device__ __forceinline__ bool mbar_try_wait_ns(uint32_t bar, uint32_t parity, uint32_t ns) {
+    uint32_t ok;
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(ok)
+        : "r"(bar), "r"(parity), "r"(ns)
         : "memory");
     return ok != 0;
 }
@@ -268,7 +317,18 @@ struct TileIter {
     }
 };
 
-__device__ __forceinline__ void ds_produce(const DsArgs &a, uint8_t *ring, uint32_t full0, uint32_t empty0) {
+// Producer stalls (ring full) are of two kinds: the oldest tile is still in flight (the stream is the
+// limit) or it has landed and waits for the consumers (they are busy with the latency chain). When
+// the newest tile has landed too, nothing is in flight for this SM: its share of the stream stops.
+// Profiling times the kinds by the consumers' phase when the stall began (*cph, see DsSmem::cph).
+// Measured (1B, H200): stalls with nothing in flight take 135 us of the step at position 144, 185 at
+// 1023, most of it from the qkv barrier to the o_proj input (the attention gap). Prefetching the
+// tiles past the ring into L2 when that begins (cp.async.bulk.prefetch.L2 or prefetch.global.L2,
+// 4-16 tiles) does not shorten the step (0.98-1.0x at depth 4-8, 0.9x at 16): the attention phase
+// then waits longer for its q / k / v and cache rows and the gap grows by what the o_proj and gate_up
+// phases gain.
+__device__ __forceinline__ void ds_produce(const DsArgs &a, uint8_t *ring, uint32_t full0, uint32_t empty0, const volatile int *cph,
+                                           unsigned long long *pacc) {
     const uint64_t pol = l2_policy_evict_first(1.f);
     const uint32_t ring_s = smem_u32(ring);
     const int n_ph = a.m.n_layers * 4 + 1;
@@ -278,9 +338,27 @@ __device__ __forceinline__ void ds_produce(const DsArgs &a, uint8_t *ring, uint3
     for (uint32_t it = 0; cur.p < n_ph; ++it) {
         const uint32_t slot = it % a.stages, round = it / a.stages;
         if (round > 0) {
-            const uint64_t t0 = a.prof ? globaltimer() : 0;
-            mbar_wait(empty0 + 8 * slot, (round - 1) & 1);
-            if (a.prof) a.prof[blockIdx.x * 128 + 0] += globaltimer() - t0;
+            const uint32_t eb = empty0 + 8 * slot, fb = full0 + 8 * slot, par = (round - 1) & 1;
+            if (!a.prof) {
+                mbar_wait(eb, par);
+            } else if (!mbar_test_wait(eb, par)) {  // profiling: time the stall by kind
+                // the newest tile in the ring (it - 1): when it has landed too, nothing is in flight
+                const uint32_t nslot = slot == 0 ? a.stages - 1 : slot - 1, npar = ((it - 1) / a.stages) & 1;
+                const uint64_t t0 = globaltimer();
+                const int ph = *cph;  // what the consumers were doing when the stream stopped
+                uint64_t t_land = 0, t_idle = 0;  // when the oldest / every tile was seen landed (0: not yet)
+                for (;;) {
+                    if (!t_land && mbar_test_wait(fb, par)) t_land = globaltimer();
+                    if (t_land && !t_idle && mbar_test_wait(full0 + 8 * nslot, npar)) t_idle = globaltimer();
+                    if (mbar_try_wait_ns(eb, par, 128)) break;  // polls finely: the stall kinds are timed
+                    if (globaltimer() - t0 > DS_WATCHDOG_NS) __trap();
+                }
+                const uint64_t t1 = globaltimer();
+                pacc[0] += t1 - t0;
+                pacc[DS_PROF_STALL_M + ph] += (t_land ? t_land : t1) - t0;
+                if (t_land) pacc[DS_PROF_STALL_C + ph] += t1 - t_land;
+                if (t_idle) pacc[DS_PROF_STALL_I + ph] += t1 - t_idle;
+            }
         }
         const uint32_t bytes = cur.bytes();
         mbar_expect_tx(full0 + 8 * slot, bytes);
@@ -302,6 +380,11 @@ struct DsSmem {
     uint32_t it;  // consumer tile counter (same sequence as the producer's)
     uint32_t slot, par;  // it % stages and the parity of it / stages, kept incrementally
     long long tp;        // profiling: last clock64 mark (thread 0)
+    volatile int *cph;   // the consumers' phase (DS_PH_*), read by the producer's profile
+    unsigned long long *pacc;  // profile accumulators [DS_PROF_ACCS] (profiling only)
+    __device__ __forceinline__ void phase(int ph) const {
+        if (threadIdx.x == 0) *cph = ph;
+    }
     __device__ __forceinline__ void next_tile(int stages) {
         ++it;
         if (++slot == (uint32_t)stages) {
@@ -310,6 +393,16 @@ struct DsSmem {
         }
     }
 };
+
+// Profiling (kernel harness only): SM cycles since the last mark added to slot `s` of this block.
+#define DS_PROF_ACC(s)                                                                               \
+    do {                                                                                             \
+        if (a.prof && threadIdx.x == 0) {                                                            \
+            const long long now_ = clock64();                                                        \
+            sm.pacc[s] += (unsigned long long)(now_ - sm.tp);                                        \
+            sm.tp = now_;                                                                            \
+        }                                                                                            \
+    } while (0)
 
 __device__ __forceinline__ float ldcg_bf16(const bf16 *p) {
     return __uint_as_float((uint32_t)__ldcg(reinterpret_cast<const unsigned short *>(p)) << 16);
@@ -420,13 +513,14 @@ __device__ __forceinline__ void ds_gemv(const DsArgs &a, DsSmem &sm, int layer, 
                 const uint32_t slot = sm.slot;
                 const uint64_t t0 = a.prof && lane == 0 ? globaltimer() : 0;
                 mbar_wait(sm.full0 + 8 * slot, sm.par);
-                if (a.prof && lane == 0) atomicAdd(&a.prof[blockIdx.x * 128 + 1], (unsigned long long)(globaltimer() - t0));
+                if (a.prof && lane == 0) atomicAdd(&a.prof[blockIdx.x * DS_PROF_STRIDE + 1], (unsigned long long)(globaltimer() - t0));
                 if (!(a.dbg & DS_DBG_NO_MATH)) ds_tile_warp(sm, slot, sl0, min(DS_TILE_SLICES, nsl - sl0), spr, ps);
                 __syncwarp();
                 if (lane == 0) mbar_arrive(sm.empty0 + 8 * slot);
             }
         }
         consumer_sync();
+        DS_PROF_ACC(DS_PROF_BRK + ph * 4 + 1);
         for (int i = threadIdx.x; i < c1 - c0; i += DS_NT) {
             float v[2] = {0.f, 0.f};
             for (int s = 0; s < d.nseg; ++s) {
@@ -454,6 +548,7 @@ __device__ __forceinline__ void ds_gemv(const DsArgs &a, DsSmem &sm, int layer, 
             }
         }
         consumer_sync();  // partials reusable
+        DS_PROF_ACC(DS_PROF_BRK + ph * 4 + 2);
     }
 }
 
@@ -483,16 +578,6 @@ struct DsAttnUnit {
     }
 };
 
-
-// Profiling (kernel harness only): SM cycles since the last mark added to slot `s` of this block.
-#define DS_PROF_ACC(s)                                                                               \
-    do {                                                                                             \
-        if (a.prof && threadIdx.x == 0) {                                                            \
-            const long long now_ = clock64();                                                        \
-            a.prof[blockIdx.x * 128 + (s)] += (unsigned long long)(now_ - sm.tp);                   \
-            sm.tp = now_;                                                                            \
-        }                                                                                            \
-    } while (0)
 
 template <int D, int G>  // G: GQA group bound (4 or 8), sizes the per-thread head arrays
 __device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int layer) {
@@ -567,29 +652,33 @@ __device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int la
     auto batch = [&](int base, const uint4 (&kb)[UP], const uint4 (&vb)[UP]) {
         // The UP rows of a lane group are one online-softmax update: all scores first (their
         // shuffles interleave), one max / rescale per head, then P.V. Rows past e weigh 0.
+        // P.V skips a step u with base + u * step >= e, warp-uniformly: no lane holds a row there (sub 0
+        // has the lowest). The last batch of a unit is often ragged (145 rows in 192 at position 144).
+        // (Skipping the scores of such steps too made ptxas spill 120-230 bytes: 2.3-2.8% slower.)
         float sc[G][UP];
         bool valid[UP];
 #pragma unroll
         for (int u = 0; u < UP; ++u) {
             const int t = min(base + u * step + sub, e - 1);
             valid[u] = base + u * step + sub < e;
+#pragma unroll
+            for (int h = 0; h < G; ++h) sc[h][u] = 0.f;
             uint4 kk = kb[u];  // (not `t == p ? knew[dl] : kb[u]`: an lvalue select puts kb in local memory)
             if (t == p) kk = knew[dl];
             float kf[8];
             unpack8(kk, kf);
 #pragma unroll
-            for (int h = 0; h < G; ++h) {
-                sc[h][u] = 0.f;
+            for (int h = 0; h < G; ++h)
 #pragma unroll
                 for (int d = 0; d < 8; ++d) sc[h][u] = fmaf(q[h][d], kf[d], sc[h][u]);
-            }
         }
 #pragma unroll
         for (int o = TPR / 2; o > 0; o >>= 1)
 #pragma unroll
             for (int h = 0; h < G; ++h)
 #pragma unroll
-                for (int u = 0; u < UP; ++u) sc[h][u] += __shfl_xor_sync(0xffffffffu, sc[h][u], o);
+                for (int u = 0; u < UP; ++u)
+                    sc[h][u] += __shfl_xor_sync(0xffffffffu, sc[h][u], o);
 #pragma unroll
         for (int h = 0; h < G; ++h) {
             float mn = mx[h];
@@ -609,6 +698,7 @@ __device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int la
         }
 #pragma unroll
         for (int u = 0; u < UP; ++u) {
+            if (base + u * step >= e) continue;
             const int t = min(base + u * step + sub, e - 1);
             uint4 vv = vb[u];
             if (t == p) vv = vnew[dl];
@@ -732,7 +822,7 @@ __device__ __forceinline__ void ds_attention(const DsArgs &a, DsSmem &sm, int la
 // Profiling: thread 0 of each block stamps the time after every grid barrier.
 #define DS_PROF_MARK()                                                                                 \
     do {                                                                                               \
-        if (a.prof && threadIdx.x == 0) a.prof[blockIdx.x * 128 + 2 + (pmark < 120 ? pmark++ : pmark)] = globaltimer(); \
+        if (a.prof && threadIdx.x == 0) a.prof[blockIdx.x * DS_PROF_STRIDE + 2 + (pmark < 92 ? pmark++ : pmark)] = globaltimer(); \
     } while (0)
 
 template <int D, int G>
@@ -753,6 +843,10 @@ __global__ void __launch_bounds__(DS_MAX_THREADS, 1) decode_step_kernel(const Ds
     uint64_t *bars = reinterpret_cast<uint64_t *>(sm.xo + DS_XO);
     sm.full0 = smem_u32(bars);
     sm.empty0 = smem_u32(bars + a.stages);
+    sm.cph = reinterpret_cast<volatile int *>(bars + 2 * a.stages);
+    sm.pacc = reinterpret_cast<unsigned long long *>(bars + 2 * a.stages + 2);  // profiling only (see the launcher)
+    if (a.prof)
+        for (int i = threadIdx.x; i < DS_PROF_ACCS; i += blockDim.x) sm.pacc[i] = 0;
     sm.it = 0;
     sm.slot = 0;
     sm.par = 0;
@@ -761,19 +855,20 @@ __global__ void __launch_bounds__(DS_MAX_THREADS, 1) decode_step_kernel(const Ds
             mbar_init(sm.full0 + 8 * s, 1);
             mbar_init(sm.empty0 + 8 * s, DS_WPT);  // the warps of the group that consumed the tile
         }
+        *sm.cph = DS_PH_EDGE;
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (warp == DS_NW) {
-        if (lane == 0) ds_produce(a, sm.ring, sm.full0, sm.empty0);
+        if (lane == 0) ds_produce(a, sm.ring, sm.full0, sm.empty0, sm.cph, sm.pacc);
         return;
     }
     const InferDecodeModel &m = a.m;
     unsigned *ctr = reinterpret_cast<unsigned *>(a.ws + a.L.ctr);
     unsigned target = 0;
     int pmark = 0;
-    if (a.prof && threadIdx.x == 0) a.prof[blockIdx.x * 128 + 2 + pmark++] = globaltimer();
+    if (a.prof && threadIdx.x == 0) a.prof[blockIdx.x * DS_PROF_STRIDE + 2 + pmark++] = globaltimer();
     // Embedding: this block's slice of x.
     {
         const int id = *a.id;
@@ -788,34 +883,53 @@ __global__ void __launch_bounds__(DS_MAX_THREADS, 1) decode_step_kernel(const Ds
     }
     grid_sync(ctr, target, a.dbg);
     DS_PROF_MARK();
+    if (a.prof && threadIdx.x == 0) {
+        sm.tp = clock64();
+        unsigned smid;
+        asm volatile("mov.u32 %0, %smid;" : "=r"(smid));
+        a.prof[blockIdx.x * DS_PROF_STRIDE + DS_PROF_SMID] = smid;
+    }
     ArgBest best;
     for (int l = 0; l < m.n_layers; ++l) {
         const InferDecodeLayerW &lw = m.layers[l];
+        sm.phase(DS_PH_QKV);
         float scale = ds_input_norm(a, sm, static_cast<const bf16 *>(lw.attn_norm));
+        DS_PROF_ACC(DS_PROF_BRK + PH_QKV * 4);
         ds_gemv(a, sm, l, PH_QKV, scale, best);
         grid_sync(ctr, target, a.dbg);
+        DS_PROF_ACC(DS_PROF_BRK + PH_QKV * 4 + 3);
         DS_PROF_MARK();
-        if (a.prof && threadIdx.x == 0) sm.tp = clock64();
+        sm.phase(DS_PH_ATTN);
         if (!(a.dbg & DS_DBG_NO_ATTN)) ds_attention<D, G>(a, sm, l);
         DS_PROF_ACC(113);  // the rest of attention (ticket, merge) when split
         grid_sync(ctr, target, a.dbg);
         DS_PROF_MARK();
         DS_PROF_ACC(114);  // barrier
+        sm.phase(DS_PH_O);
         ds_input_copy(sm, a.ws + a.L.attn, m.n_heads * D);
         DS_PROF_ACC(115);  // o_proj input
         ds_gemv(a, sm, l, PH_O, 1.f, best);
         grid_sync(ctr, target, a.dbg);
+        DS_PROF_ACC(DS_PROF_BRK + PH_O * 4 + 3);
         DS_PROF_MARK();
+        sm.phase(DS_PH_GU);
         scale = ds_input_norm(a, sm, static_cast<const bf16 *>(lw.mlp_norm));
+        DS_PROF_ACC(DS_PROF_BRK + PH_GU * 4);
         ds_gemv(a, sm, l, PH_GU, scale, best);
         grid_sync(ctr, target, a.dbg);
+        DS_PROF_ACC(DS_PROF_BRK + PH_GU * 4 + 3);
         DS_PROF_MARK();
+        sm.phase(DS_PH_DOWN);
         ds_input_copy(sm, a.ws + a.L.act, m.inter);
+        DS_PROF_ACC(DS_PROF_BRK + PH_DOWN * 4);
         ds_gemv(a, sm, l, PH_DOWN, 1.f, best);
         grid_sync(ctr, target, a.dbg);
+        DS_PROF_ACC(DS_PROF_BRK + PH_DOWN * 4 + 3);
         DS_PROF_MARK();
     }
+    sm.phase(DS_PH_EDGE);
     const float scale = ds_input_norm(a, sm, static_cast<const bf16 *>(m.final_norm));
+    DS_PROF_ACC(DS_PROF_BRK + PH_HEAD * 4);
     ds_gemv(a, sm, 0, PH_HEAD, scale, best);
     consumer_sync();
     DS_PROF_MARK();
@@ -854,6 +968,9 @@ __global__ void __launch_bounds__(DS_MAX_THREADS, 1) decode_step_kernel(const Ds
                 if (a.next_id) *a.next_id = g.i == INT_MAX ? -1 : g.i;
                 ctr[2] = 0;
             }
+            if (a.prof)  // the producer's last update came before its last tile, consumed above
+                for (int i = 0; i < DS_PROF_ACCS; ++i)
+                    if (sm.pacc[i]) a.prof[blockIdx.x * DS_PROF_STRIDE + i] += sm.pacc[i];
             // Exit ticket: the last block out resets the barrier counter for the next launch.
             if (atomicAdd(&ctr[1], 1u) == gridDim.x - 1) {
                 ctr[0] = 0;
@@ -893,7 +1010,7 @@ static size_t ds_fixed_smem(const InferDecodeModel *m) {
 
 // Kernel-harness hook (not in the public header): when set, launches accumulate per block
 // [0] producer ns waiting for a free slot, [1] consumer ns waiting for data (summed over warps),
-// [2..] the time after each grid barrier; 128 u64 per block. NULL turns it off.
+// [2..] the time after each grid barrier; DS_PROF_STRIDE (256) u64 per block; the rest: DS_PROF_* slots. NULL turns it off.
 static unsigned long long *g_ds_prof = nullptr;
 extern "C" void infer_decode_step_profile(unsigned long long *buf) { g_ds_prof = buf; }
 // Kernel-harness hook: DS_DBG_* experiment switches for the next launches (0 = normal).
@@ -954,7 +1071,8 @@ cudaError_t infer_decode_step_bf16(const InferDecodeModel *m, const int32_t *id_
     a.in_elems = ds_in_elems(m);
     a.prof = g_ds_prof;
     a.dbg = g_ds_dbg;
-    const size_t smem = (size_t)stages * DS_TILE + ds_fixed_smem(m) + 16 * (size_t)stages;
+    // + cph (16 bytes), + the profile accumulators when profiling
+    const size_t smem = (size_t)stages * DS_TILE + ds_fixed_smem(m) + 16 * (size_t)stages + 16 + (a.prof ? 8 * DS_PROF_ACCS : 0);
     const bool g4 = m->n_heads / m->n_kv_heads <= 4;
     cudaError_t e = m->head_dim == 64 ? (g4 ? ds_launch<64, 4>(a, smem, stream) : ds_launch<64, 8>(a, smem, stream))
                                       : (g4 ? ds_launch<128, 4>(a, smem, stream) : ds_launch<128, 8>(a, smem, stream));

@@ -2,6 +2,7 @@
 // launches (cudaEvent pair around one launch) and the mean of 100 back-to-back launches. Inputs rotate
 // over enough copies (>= 256 MB in all) that weights / KV caches come from HBM, not L2, as in a real
 // decode step where every layer has its own weights.
+#include <algorithm>
 #include "../include/infer_kernels.h"
 #include "test_util.h"
 
@@ -225,6 +226,74 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
             cudaGraphDestroy(g2);
             return t_us;
         };
+        // One eager launch with the profile hook on (switches `flags`): phase sums of block 0, producer
+        // stalls by kind and by the consumers' phase (means over blocks), attention breakdown of block 0.
+        auto profile_one_kernel = [&](const InferDecodeModel &mdl, int flags) {
+            const int nb = 132 * 4, S = 256;  // blocks (bound), u64 slots per block (DS_PROF_STRIDE)
+            Dev<unsigned long long> prof((size_t)nb * S);
+            CK(cudaMemset(prof.p, 0, prof.n * 8));
+            infer_decode_step_profile(prof.p);
+            infer_decode_step_debug(flags);
+            CK(infer_decode_step_bf16(&mdl, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
+            CK(cudaStreamSynchronize(s));
+            infer_decode_step_debug(0);
+            infer_decode_step_profile(nullptr);
+            const std::vector<unsigned long long> h = prof.down();
+            int sms = 0;
+            CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+            double pw = 0, cw = 0, stm[6] = {0, 0, 0, 0, 0, 0}, stc[6] = {0, 0, 0, 0, 0, 0}, sti[6] = {}, brk[20] = {}, att[6] = {};
+            for (int bl = 0; bl < sms; ++bl) {
+                pw += h[bl * S] / 1e3 / sms;
+                cw += h[bl * S + 1] / 1e3 / sms / 12;
+                for (int k = 0; k < 6; ++k) {
+                    stm[k] += h[bl * S + 96 + k] / 1e3 / sms;
+                    stc[k] += h[bl * S + 102 + k] / 1e3 / sms;
+                    sti[k] += h[bl * S + 116 + k] / 1e3 / sms;
+                }
+                for (int k = 0; k < 20; ++k) brk[k] += h[bl * S + 128 + k] / 1980.0 / sms;
+                for (int k = 0; k < 6; ++k) att[k] += h[bl * S + 110 + k] / 1980.0 / sms;
+            }
+            printf("  profile pos=%d switches %d: producer waits for a slot %.1f us, consumer warp waits for data %.1f us (means)\n",
+                   pos, flags, pw, cw);
+            printf("    producer stalls by consumer phase [qkv attn o gate_up down edge], us: tile in flight %.1f %.1f %.1f %.1f %.1f %.1f"
+                   " | landed, consumers busy %.1f %.1f %.1f %.1f %.1f %.1f\n",
+                   stm[0], stm[1], stm[2], stm[3], stm[4], stm[5], stc[0], stc[1], stc[2], stc[3], stc[4], stc[5]);
+            printf("    of which every tile landed (nothing in flight): %.1f %.1f %.1f %.1f %.1f %.1f = %.1f us\n", sti[0], sti[1], sti[2],
+                   sti[3], sti[4], sti[5], sti[0] + sti[1] + sti[2] + sti[3] + sti[4] + sti[5]);
+            const char *phn[5] = {"qkv", "o", "gate_up", "down", "head"};
+            printf("    GEMV phases, sums over layers, means over blocks (thread 0, cycles / 1.98 GHz), us [input tiles epilogue barrier]:");
+            for (int k = 0; k < 5; ++k) printf(" %s %.1f %.1f %.1f %.1f |", phn[k], brk[4 * k], brk[4 * k + 1], brk[4 * k + 2], brk[4 * k + 3]);
+            printf("\n    attention means over blocks, us: loads + rope %.1f | scores + PV %.1f | warp merge %.1f | ticket + merge %.1f | barrier %.1f | o input %.1f\n",
+                   att[0], att[1], att[2], att[3], att[4], att[5]);
+            if (getenv("BENCH_DS_BLOCKS")) {  // per block, by SM id: GEMV tile time and barrier waits (us, sums)
+                std::vector<std::pair<unsigned long long, int>> order;
+                for (int bl = 0; bl < sms; ++bl) order.push_back({h[bl * S + 160], bl});
+                std::sort(order.begin(), order.end());
+                printf("    per block (smid:tiles/barrier us):");
+                for (const auto &o : order) {
+                    double tl = 0, br = 0;
+                    for (int k = 0; k < 4; ++k) {
+                        tl += h[o.second * S + 128 + 4 * k + 1] / 1980.0;
+                        br += h[o.second * S + 128 + 4 * k + 3] / 1980.0;
+                    }
+                    printf(" %llu:%.0f/%.0f", o.first, tl, br);
+                }
+                printf("\n");
+            }
+            if (c.layers * 5 + 3 > 92) return;  // the phase marks overflow their slots (8B)
+            const unsigned long long *t = h.data() + 2;  // block 0's marks
+            double ph[5] = {0, 0, 0, 0, 0};
+            for (int l = 0; l < c.layers; ++l)
+                for (int k = 0; k < 5; ++k) ph[k] += (t[2 + l * 5 + k] - t[1 + l * 5 + k]) / 1e3;
+            const int last = 1 + c.layers * 5;
+            printf("    total %.1f us | embed %.1f | qkv %.1f attn %.1f o %.1f gate_up %.1f down %.1f (sums over layers) | head %.1f\n",
+                   (t[last + 1] - t[0]) / 1e3, (t[1] - t[0]) / 1e3, ph[0], ph[1], ph[2], ph[3], ph[4], (t[last + 1] - t[last]) / 1e3);
+            const unsigned long long *c0 = h.data();  // block 0: attention unit (kv head 0, split 0)
+            printf("    attention of block 0, us per layer (cycles / 1.98 GHz): loads + rope %.2f | scores + softmax + PV %.2f | "
+                   "warp merge + store %.2f | ticket + merge %.2f | barrier %.2f | o_proj input %.2f\n",
+                   c0[110] / 1980.0 / c.layers, c0[111] / 1980.0 / c.layers, c0[112] / 1980.0 / c.layers,
+                   c0[113] / 1980.0 / c.layers, c0[114] / 1980.0 / c.layers, c0[115] / 1980.0 / c.layers);
+        };
         const double us2 = time_one_kernel(0);
         printf("decode step %-5s (graph, one kernel) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
                c.name, pos, us2, 1e6 / us2, bytes / us2 / 1e3, bytes / us2 / 1e3 / kPeakGBs * 100, kPeakGBs);
@@ -238,36 +307,16 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
                 printf("  one kernel, switches %ld: %8.1f us/token\n", f, time_one_kernel((int)f));
             }
         }
-        if (getenv("BENCH_DS_PROF")) {  // where the one-kernel step spends its time (eager launch)
-            const int nb = 132 * 4;
-            Dev<unsigned long long> prof((size_t)nb * 128);
-            CK(cudaMemset(prof.p, 0, prof.n * 8));
-            infer_decode_step_profile(prof.p);
-            CK(infer_decode_step_bf16(&md, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
-            CK(cudaStreamSynchronize(s));
-            infer_decode_step_profile(nullptr);
-            const std::vector<unsigned long long> h = prof.down();
-            int sms = 0;
-            CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-            double pw = 0, cw = 0;
-            for (int bl = 0; bl < sms; ++bl) {
-                pw += h[bl * 128] / 1e3 / sms;
-                cw += h[bl * 128 + 1] / 1e3 / sms / 12;
+        // BENCH_DS_PROF="0 2": where the one-kernel step spends its time (eager launch), with each
+        // set of experiment switches listed.
+        if (const char *pv = getenv("BENCH_DS_PROF")) {
+            for (const char *q = pv; *q;) {
+                char *end = nullptr;
+                const long f = strtol(q, &end, 10);
+                if (end == q) break;
+                q = end;
+                profile_one_kernel(md, (int)f);
             }
-            const unsigned long long *t = h.data() + 2;  // block 0's marks
-            double ph[5] = {0, 0, 0, 0, 0};
-            for (int l = 0; l < c.layers; ++l)
-                for (int k = 0; k < 5; ++k) ph[k] += (t[2 + l * 5 + k] - t[1 + l * 5 + k]) / 1e3;
-            const int last = 1 + c.layers * 5;
-            printf("  profile pos=%d: total %.1f us | embed %.1f | qkv %.1f attn %.1f o %.1f gate_up %.1f down %.1f (sums over layers) | head %.1f | "
-                   "producer waits for a slot %.1f us, consumer warp waits for data %.1f us (means)\n",
-                   pos, (t[last + 1] - t[0]) / 1e3, (t[1] - t[0]) / 1e3, ph[0], ph[1], ph[2], ph[3], ph[4],
-                   (t[last + 1] - t[last]) / 1e3, pw, cw);
-            const unsigned long long *c0 = h.data();  // block 0: attention unit (kv head 0, split 0)
-            printf("  attention of block 0, us per layer (cycles / 1.98 GHz): loads + rope %.2f | scores + softmax + PV %.2f | "
-                   "warp merge + store %.2f | ticket + merge %.2f | barrier %.2f | o_proj input %.2f\n",
-                   c0[110] / 1980.0 / c.layers, c0[111] / 1980.0 / c.layers, c0[112] / 1980.0 / c.layers,
-                   c0[113] / 1980.0 / c.layers, c0[114] / 1980.0 / c.layers, c0[115] / 1980.0 / c.layers);
         }
     }
     cudaEventDestroy(a);
