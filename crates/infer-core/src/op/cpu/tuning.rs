@@ -22,11 +22,16 @@ pub enum Knob {
     /// woken during a forward pass; 0 = on rayon. Measured in-process (`decode_ab`, `AB_PREFILL`,
     /// 40 alternating prefills each): pool 1.026-1.056x rayon at 64 and 128 tokens.
     PrefillOnPool,
+    /// Most activation rows (1 or 2) that the Q8_0/Q4_0/Q4_1 kernels dot in groups of 8 blocks
+    /// (lane = block, 8 scales at once); more rows go block by block. 2 (default): a decode row
+    /// and its refinement residual take the grouped path.
+    QuantGroupRows,
 }
 
 impl Knob {
     /// Every knob, for parsing names.
-    pub const ALL: [Knob; 3] = [Knob::DecodeTaskBytes, Knob::GemvPrefetchBytes, Knob::PrefillOnPool];
+    pub const ALL: [Knob; 4] =
+        [Knob::DecodeTaskBytes, Knob::GemvPrefetchBytes, Knob::PrefillOnPool, Knob::QuantGroupRows];
 
     /// The default (measured best) value.
     pub const fn default_value(self) -> usize {
@@ -34,6 +39,7 @@ impl Knob {
             Knob::DecodeTaskBytes => 4 << 20,
             Knob::GemvPrefetchBytes => 0,
             Knob::PrefillOnPool => 1,
+            Knob::QuantGroupRows => 2,
         }
     }
 
@@ -43,6 +49,7 @@ impl Knob {
             Knob::DecodeTaskBytes => "decode_task_bytes",
             Knob::GemvPrefetchBytes => "gemv_prefetch_bytes",
             Knob::PrefillOnPool => "prefill_on_pool",
+            Knob::QuantGroupRows => "quant_group_rows",
         }
     }
 

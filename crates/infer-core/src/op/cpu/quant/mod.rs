@@ -148,9 +148,20 @@ fn quantize_q8_32(x: &[f32], q: &mut [i8]) -> f32 {
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     for (q, v) in q.iter_mut().zip(x) {
-        *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+        *q = round_half_away(v * id).clamp(-127, 127) as i8;
     }
     d
+}
+
+/// `v.round()` (halves away from zero, as `roundf`) for `|v| < 2^31`, without the libm call
+/// that `f32::round` is on baseline x86-64 (no SSE4.1): truncate (`cvttss2si`, exact), then step
+/// away from zero when the exact fraction is at least one half. Branch-free, so the callers'
+/// loops vectorize. NaN gives 0, as `NaN.round() as i8` does.
+#[inline]
+fn round_half_away(v: f32) -> i32 {
+    let t = v as i32; // saturating; exact truncation for |v| < 2^31
+    let frac = v - t as f32; // exact: v and t share the integer part
+    t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)
 }
 
 fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {

@@ -166,3 +166,20 @@ fn rejects_bad_lengths_and_handles_empty() {
     matmul_fast(simd::active(), DType::Q8_0, &w, &[1.0; 32], &mut out, 1, 4, 32).unwrap();
     assert_eq!(out, [0.0; 4]);
 }
+
+#[test]
+fn round_half_away_matches_f32_round() {
+    let mut vals =
+        vec![0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 127.49, -127.5, 0.49999997, -0.49999997];
+    vals.extend([1.0e9f32, -1.0e9, 2.1e9, -2.1e9, f32::MIN_POSITIVE, -f32::MIN_POSITIVE]);
+    let mut s = 12345u64;
+    for _ in 0..100_000 {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 300.0; // [-150, 150)
+        vals.extend([v, v.trunc() + 0.5, v.trunc() - 0.5]);
+    }
+    for v in vals {
+        assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+    }
+    assert_eq!(round_half_away(f32::NAN), 0);
+}

@@ -8,9 +8,10 @@
 //! Per 32 weights: unpack to unsigned bytes once (sign trick for Q8_0: |w| and sign(w)·a),
 //! then one `mul_sum` per activation row. Scaling:
 //!
-//! * Q8_0/Q4_0/Q4_1, one row (decode): 8 blocks' i32 dots are reduced into one vector (lane =
-//!   block) and multiplied by the 8 weight × activation scales at once; several rows: an f32
-//!   FMA per block and row, two blocks per step into independent accumulators;
+//! * Q8_0/Q4_0/Q4_1, one or two rows (decode: a row and its refinement residual): 8 blocks'
+//!   i32 dots are reduced into one vector per row (lane = block) and multiplied by the 8
+//!   weight × activation scales at once; more rows (prefill): an f32 FMA per block and row,
+//!   two blocks per step into independent accumulators;
 //! * Q4_K: the 8 sub-block dots of a block are reduced into lanes and multiplied by the 8
 //!   six-bit scales; Q6_K: the i32 lanes are multiplied by their 16-value group's scale;
 //!   then one f32 FMA per block and row.
@@ -187,49 +188,57 @@ macro_rules! quant_kernels {
             _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)))
         }
 
-        /// One activation row (decode), 8 blocks per step: the 8 integer dots are reduced to one
-        /// vector (lane = block) and scaled by 8 weight × activation scales at once, instead of
-        /// a broadcast and FMA per block. Returns the f32 lanes and the offset/min lanes for the
-        /// first `8·⌊nb/8⌋` blocks.
+        /// One or two activation rows (decode; two: a row and its refinement residual), 8 blocks
+        /// per step: each row's 8 integer dots are reduced to one vector (lane = block) and scaled
+        /// by 8 weight × activation scales at once, instead of a broadcast and FMA per block (the
+        /// weights are unpacked once for both rows). Returns per row the f32 lanes and the
+        /// offset/min lanes for the first `8·⌊nb/8⌋` blocks.
         ///
         /// # Safety
-        /// `a` holds at least `nb = w.len() / bytes32(T)` blocks (`qs`, `d` and `ds`).
+        /// Every row of `acts` (`R` of them) holds at least `nb = w.len() / bytes32(T)` blocks
+        /// (`qs`, `d` and `ds`).
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn groups8<const T: u8>(w: &[u8], a: &ActRow<'_>) -> (__m256, __m256) {
+        unsafe fn groups8<const R: usize, const T: u8>(w: &[u8], acts: &[ActRow<'_>]) -> ([__m256; R], [__m256; R]) {
             let bb = bytes32(T);
-            let (mut acc, mut ex) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let (mut acc, mut ex) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
             for (gi, g) in w.chunks_exact(8 * bb).enumerate() {
-                let mut p = [_mm256_setzero_si256(); 8];
-                for (j, (p, blk)) in p.iter_mut().zip(g.chunks_exact(bb)).enumerate() {
-                    // SAFETY: block 8·gi + j < nb, whose 32 values the caller guarantees.
-                    let s = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(32 * (8 * gi + j)).cast()) };
-                    *p = match T {
+                let mut p = [[_mm256_setzero_si256(); 8]; R];
+                for (j, blk) in g.chunks_exact(bb).enumerate() {
+                    let (u, sq) = match T {
                         0 => {
                             let q = ld(&blk[2..]);
-                            mul_sum(_mm256_sign_epi8(q, q), _mm256_sign_epi8(s, q))
+                            (_mm256_sign_epi8(q, q), q) // |q|: -128 → 128 as u8
                         }
-                        1 => mul_sum(nibbles(&blk[2..]), s),
-                        _ => mul_sum(nibbles(&blk[4..]), s),
+                        1 => (nibbles(&blk[2..]), _mm256_setzero_si256()),
+                        _ => (nibbles(&blk[4..]), _mm256_setzero_si256()),
                     };
+                    for r in 0..R {
+                        // SAFETY: block 8·gi + j < nb, whose 32 values the caller guarantees.
+                        let s = unsafe { _mm256_loadu_si256(acts[r].qs.as_ptr().add(32 * (8 * gi + j)).cast()) };
+                        p[r][j] = mul_sum(u, if T == 0 { _mm256_sign_epi8(s, sq) } else { s });
+                    }
                 }
                 let dw = f16x8(g, bb, 0);
-                // SAFETY: entries 8·gi..8·gi + 8 of `d` and `ds` are blocks < nb (caller).
-                let (da, ds) =
-                    unsafe { (_mm256_loadu_ps(a.d.as_ptr().add(8 * gi)), _mm256_loadu_ps(a.ds.as_ptr().add(8 * gi))) };
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&p)), _mm256_mul_ps(dw, da), acc);
-                match T {
-                    1 => ex = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(-8.0)), ds, ex),
-                    2 => ex = _mm256_fmadd_ps(f16x8(g, bb, 2), ds, ex),
-                    _ => {}
+                let m = if T == 2 { f16x8(g, bb, 2) } else { _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)) };
+                for r in 0..R {
+                    let a = &acts[r];
+                    // SAFETY: entries 8·gi..8·gi + 8 of `d` and `ds` are blocks < nb (caller).
+                    let (da, ds) = unsafe {
+                        (_mm256_loadu_ps(a.d.as_ptr().add(8 * gi)), _mm256_loadu_ps(a.ds.as_ptr().add(8 * gi)))
+                    };
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&p[r])), _mm256_mul_ps(dw, da), acc[r]);
+                    if T != 0 {
+                        ex[r] = _mm256_fmadd_ps(m, ds, ex[r]);
+                    }
                 }
             }
             (acc, ex)
         }
 
-        /// Q8_0 (`T = 0`), Q4_0 (1) or Q4_1 (2) weights against 32-block activations: one row
-        /// in groups of 8 blocks ([`groups8`]), several rows two blocks per step into separate
-        /// accumulators (independent FMA and add chains).
+        /// Q8_0 (`T = 0`), Q4_0 (1) or Q4_1 (2) weights against 32-block activations: one or two
+        /// rows in groups of 8 blocks ([`groups8`]), then (and for more rows) two blocks per step
+        /// into separate accumulators (independent FMA and add chains).
         #[target_feature(enable = $feat)]
         pub(super) fn kern32<const R: usize, const T: u8>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
             let bb = bytes32(T);
@@ -241,10 +250,12 @@ macro_rules! quant_kernels {
             let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
             let (mut ex0, mut ex1) = ([0.0f32; R], [0.0f32; R]);
             let mut first = 0;
-            if R == 1 {
-                // SAFETY: the row holds nb blocks (asserted above).
-                let (acc, ex) = unsafe { groups8::<T>(w, &acts[0]) };
-                (acc0[0], ex0[0]) = (acc, hsum(ex));
+            if R == 1 || (R == 2 && crate::op::cpu::tuning::Knob::QuantGroupRows.get() >= 2) {
+                // SAFETY: every row holds nb blocks (asserted above).
+                let (acc, ex) = unsafe { groups8::<R, T>(w, acts) };
+                for r in 0..R {
+                    (acc0[r], ex0[r]) = (acc[r], hsum(ex[r]));
+                }
                 first = nb / 8 * 8;
             }
             let mut pairs = w[first * bb..].chunks_exact(2 * bb);
