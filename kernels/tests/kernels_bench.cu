@@ -105,6 +105,20 @@ struct ModelCfg {
     const char *name;
     int hidden, H, KV, D, inter, layers, vocab;
 };
+
+// Calls f(v) for each integer of the space-separated list in environment variable `name` (if set).
+template <class F>
+static void for_each_env_int(const char *name, F f) {
+    const char *s = getenv(name);
+    for (const char *q = s ? s : ""; *q;) {
+        char *end = nullptr;
+        const long v = strtol(q, &end, 10);
+        if (end == q) break;
+        q = end;
+        f((int)v);
+    }
+}
+
 static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
     const size_t hd = c.hidden, qkvn = (size_t)(c.H + 2 * c.KV) * c.D;
     const size_t per_layer = qkvn * hd + hd * (size_t)c.H * c.D + 2 * (size_t)c.inter * hd + hd * c.inter + 2 * hd;
@@ -298,26 +312,10 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
         printf("decode step %-5s (graph, one kernel) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
                c.name, pos, us2, 1e6 / us2, bytes / us2 / 1e3, bytes / us2 / 1e3 / kPeakGBs * 100, kPeakGBs);
         // BENCH_DS_VARIANTS="1 2 10 25 24": the same step with experiment switches.
-        if (const char *vs = getenv("BENCH_DS_VARIANTS")) {
-            for (const char *q = vs; *q;) {
-                char *end = nullptr;
-                const long f = strtol(q, &end, 10);
-                if (end == q) break;
-                q = end;
-                printf("  one kernel, switches %ld: %8.1f us/token\n", f, time_one_kernel((int)f));
-            }
-        }
+        for_each_env_int("BENCH_DS_VARIANTS", [&](int f) { printf("  one kernel, switches %d: %8.1f us/token\n", f, time_one_kernel(f)); });
         // BENCH_DS_PROF="0 2": where the one-kernel step spends its time (eager launch), with each
         // set of experiment switches listed.
-        if (const char *pv = getenv("BENCH_DS_PROF")) {
-            for (const char *q = pv; *q;) {
-                char *end = nullptr;
-                const long f = strtol(q, &end, 10);
-                if (end == q) break;
-                q = end;
-                profile_one_kernel(md, (int)f);
-            }
-        }
+        for_each_env_int("BENCH_DS_PROF", [&](int f) { profile_one_kernel(md, f); });
     }
     cudaEventDestroy(a);
     cudaEventDestroy(b);
