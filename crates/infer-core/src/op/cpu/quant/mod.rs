@@ -79,49 +79,55 @@ impl QActs {
     }
 
     /// Rows `2i` and `2i + 1` hold row `i` of `x` quantized and its rounding residual quantized
-    /// (see the module docs): their dots add up to the dot with `x` to ~15 bits.
+    /// (see the module docs): their dots add up to the dot with `x` to ~15 bits. One pass per
+    /// block: the residual of a block is formed and quantized while the block is in cache.
     pub(crate) fn quantize_refined(x: &[f32], k: usize, block: usize) -> QActs {
-        let first = Self::quantize(x, k, block);
-        let mut both = Vec::with_capacity(2 * x.len());
-        for (i, xr) in x.chunks_exact(k.max(1)).enumerate() {
-            let row = first.row(i);
-            both.extend_from_slice(xr);
-            let bs = xr.chunks_exact(block).zip(row.qs.chunks_exact(block)).zip(row.d);
-            for ((xb, qb), d) in bs {
-                both.extend(xb.iter().zip(qb).map(|(v, &q)| v - d * f32::from(q)));
-            }
-        }
-        Self::quantize(&both, k, block)
+        Self::quantize_rows(x, k, block, true)
     }
 
     /// Quantizes the `m = x.len() / k` rows of `x` (`k` a multiple of `block`), in parallel over
     /// rows. 32-blocks: `d = amax/127`, `q = round(x/d)` (ggml's `quantize_row_q8_1_ref`, with
     /// an f32 scale). 256-blocks: ggml's `quantize_row_q8_K_ref`.
     pub(crate) fn quantize(x: &[f32], k: usize, block: usize) -> QActs {
+        Self::quantize_rows(x, k, block, false)
+    }
+
+    /// [`QActs::quantize`], and with `refined` each row followed by its rounding residual
+    /// (`x - d·q` per value) quantized the same way.
+    fn quantize_rows(x: &[f32], k: usize, block: usize, refined: bool) -> QActs {
         let m = x.len().checked_div(k).unwrap_or(0);
-        let sums_per_row = if block == 256 { k / 16 } else { k / 32 };
+        let per = if block == 256 { 16 } else { 32 }; // values per entry of `sums`
+        let sums_per_row = k / per;
+        let r = if refined { 2 } else { 1 }; // output rows per row of x
         let mut a = QActs {
             block,
             k,
-            qs: vec![0; m * k],
-            d: vec![0.0; m * k / block],
-            sums: vec![0; m * sums_per_row],
+            qs: vec![0; r * m * k],
+            d: vec![0.0; r * m * k / block],
+            sums: vec![0; r * m * sums_per_row],
             ds: Vec::new(),
             sums_per_row,
         };
         if m == 0 || k == 0 {
             return a;
         }
-        let rows = a.qs.par_chunks_mut(k).zip(a.d.par_chunks_mut(k / block)).zip(a.sums.par_chunks_mut(sums_per_row));
+        let rows = a.qs.par_chunks_mut(r * k).zip(a.d.par_chunks_mut(r * k / block));
+        let rows = rows.zip(a.sums.par_chunks_mut(r * sums_per_row)).zip(x.par_chunks(k));
         // A decode step's 1-2 rows run on the calling thread: a rayon loop costs more than them.
-        rows.zip(x.par_chunks(k)).with_min_len(8).for_each(|(((qs, d), sums), x)| {
-            let blocks = x.chunks_exact(block).zip(qs.chunks_exact_mut(block)).zip(d.iter_mut());
-            for (i, ((x, q), d)) in blocks.enumerate() {
-                *d = if block == 256 { quantize_q8_k(x, q) } else { quantize_q8_32(x, q) };
-                let per = if block == 256 { 16 } else { 32 };
-                let first = i * block / per;
-                for (s, q) in sums[first..first + block / per].iter_mut().zip(q.chunks_exact(per)) {
-                    *s = q.iter().map(|&v| i32::from(v)).sum();
+        rows.with_min_len(8 / r).for_each(|(((qs, d), sums), x)| {
+            let (q0, q1) = qs.split_at_mut(k); // q1, d1, s1: the residual row (empty unless refined)
+            let (d0, d1) = d.split_at_mut(k / block);
+            let (s0, s1) = sums.split_at_mut(sums_per_row);
+            let mut res = [0.0f32; 256];
+            for (i, xb) in x.chunks_exact(block).enumerate() {
+                let (vals, sums) = (i * block..(i + 1) * block, i * block / per..(i + 1) * block / per);
+                d0[i] = quantize_block(xb, &mut q0[vals.clone()], &mut s0[sums.clone()]);
+                if refined {
+                    let (rb, qb, d) = (&mut res[..block], &q0[vals.clone()], d0[i]);
+                    for ((r, v), &q) in rb.iter_mut().zip(xb).zip(qb) {
+                        *r = v - d * f32::from(q);
+                    }
+                    d1[i] = quantize_block(rb, &mut q1[vals], &mut s1[sums]);
                 }
             }
         });
@@ -141,6 +147,17 @@ impl QActs {
             ds: if self.ds.is_empty() { &[] } else { &self.ds[i * nd..(i + 1) * nd] },
         }
     }
+}
+
+/// One block of `x.len()` (32 or 256) values into `q`, with the sums of `q` per 32 (or per 16 for
+/// 256-blocks) into `sums`; returns the scale.
+fn quantize_block(x: &[f32], q: &mut [i8], sums: &mut [i32]) -> f32 {
+    let d = if x.len() == 256 { quantize_q8_k(x, q) } else { quantize_q8_32(x, q) };
+    let per = q.len() / sums.len();
+    for (s, q) in sums.iter_mut().zip(q.chunks_exact(per)) {
+        *s = q.iter().map(|&v| i32::from(v)).sum();
+    }
+    d
 }
 
 fn quantize_q8_32(x: &[f32], q: &mut [i8]) -> f32 {
