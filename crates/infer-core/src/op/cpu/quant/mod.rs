@@ -87,7 +87,9 @@ impl QActs {
 
     /// Quantizes the `m = x.len() / k` rows of `x` (`k` a multiple of `block`), in parallel over
     /// rows. 32-blocks: `d = amax/127`, `q = round(x/d)` (ggml's `quantize_row_q8_1_ref`, with
-    /// an f32 scale). 256-blocks: ggml's `quantize_row_q8_K_ref`.
+    /// an f32 scale). 256-blocks: ggml's `quantize_row_q8_K_ref`. (The matmuls quantize refined
+    /// rows; the tests check this single-row form.)
+    #[cfg(test)]
     pub(crate) fn quantize(x: &[f32], k: usize, block: usize) -> QActs {
         Self::quantize_rows(x, k, block, false)
     }
