@@ -242,13 +242,13 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
         };
         // One eager launch with the profile hook on (switches `flags`): phase sums of block 0, producer
         // stalls by kind and by the consumers' phase (means over blocks), attention breakdown of block 0.
-        auto profile_one_kernel = [&](const InferDecodeModel &mdl, int flags) {
+        auto profile_one_kernel = [&](int flags) {
             const int nb = 132 * 4, S = 256;  // blocks (bound), u64 slots per block (DS_PROF_STRIDE)
             Dev<unsigned long long> prof((size_t)nb * S);
             CK(cudaMemset(prof.p, 0, prof.n * 8));
             infer_decode_step_profile(prof.p);
             infer_decode_step_debug(flags);
-            CK(infer_decode_step_bf16(&mdl, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
+            CK(infer_decode_step_bf16(&md, ids.p, posd.p, logits.p, ids.p, mws.p, mwsb, s));
             CK(cudaStreamSynchronize(s));
             infer_decode_step_debug(0);
             infer_decode_step_profile(nullptr);
@@ -315,7 +315,7 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
         for_each_env_int("BENCH_DS_VARIANTS", [&](int f) { printf("  one kernel, switches %d: %8.1f us/token\n", f, time_one_kernel(f)); });
         // BENCH_DS_PROF="0 2": where the one-kernel step spends its time (eager launch), with each
         // set of experiment switches listed.
-        for_each_env_int("BENCH_DS_PROF", [&](int f) { profile_one_kernel(md, f); });
+        for_each_env_int("BENCH_DS_PROF", [&](int f) { profile_one_kernel(f); });
     }
     cudaEventDestroy(a);
     cudaEventDestroy(b);
