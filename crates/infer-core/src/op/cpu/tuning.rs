@@ -26,12 +26,27 @@ pub enum Knob {
     /// (lane = block, 8 scales at once); more rows go block by block. 2 (default): a decode row
     /// and its refinement residual take the grouped path.
     QuantGroupRows,
+    /// 1 (default): the grouped Q8_0/Q4_0/Q4_1 path gathers 8 blocks' f16 scales with one word
+    /// permute where the CPU has AVX-512 BW (`quant::avx512`); 0: 8 scalar loads and inserts.
+    QuantScaleGather,
+    /// Tasks per thread of a quantized decode matvec; 0: tasks of at most 64 weight rows, as a
+    /// prefill's. 1 (default): measured in-process on SmolLM2-135M Q4_1 (`decode_ab`, 1,000
+    /// alternating steps, two runs each): 1.14-1.18x the 64-row tasks, 1.02-1.03x two per
+    /// thread, 1.06-1.08x four (each task starts a new weight stream, and the threads claim
+    /// tasks through one shared counter; neither the task locks nor their cache lines mattered).
+    QuantDecodeTasks,
 }
 
 impl Knob {
     /// Every knob, for parsing names.
-    pub const ALL: [Knob; 4] =
-        [Knob::DecodeTaskBytes, Knob::GemvPrefetchBytes, Knob::PrefillOnPool, Knob::QuantGroupRows];
+    pub const ALL: [Knob; 6] = [
+        Knob::DecodeTaskBytes,
+        Knob::GemvPrefetchBytes,
+        Knob::PrefillOnPool,
+        Knob::QuantGroupRows,
+        Knob::QuantScaleGather,
+        Knob::QuantDecodeTasks,
+    ];
 
     /// The default (measured best) value.
     pub const fn default_value(self) -> usize {
@@ -40,6 +55,8 @@ impl Knob {
             Knob::GemvPrefetchBytes => 0,
             Knob::PrefillOnPool => 1,
             Knob::QuantGroupRows => 2,
+            Knob::QuantScaleGather => 1,
+            Knob::QuantDecodeTasks => 1,
         }
     }
 
@@ -50,6 +67,8 @@ impl Knob {
             Knob::GemvPrefetchBytes => "gemv_prefetch_bytes",
             Knob::PrefillOnPool => "prefill_on_pool",
             Knob::QuantGroupRows => "quant_group_rows",
+            Knob::QuantScaleGather => "quant_scale_gather",
+            Knob::QuantDecodeTasks => "quant_decode_tasks",
         }
     }
 

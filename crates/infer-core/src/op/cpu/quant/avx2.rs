@@ -16,6 +16,7 @@ fn mul_sum(u: __m256i, s: __m256i) -> __m256i {
 }
 
 mod k {
+    use super::super::x86::dm8_scalar as dm8;
     use super::mul_sum;
     super::super::x86::quant_kernels!("avx2,fma,f16c");
 }

@@ -277,6 +277,12 @@ pub(crate) fn matmul_fast(
     // Weight rows per task: enough tasks to balance (4 per thread), at most 64 rows.
     let per_task = (n / (4 * rayon::current_num_threads())).clamp(1, 64);
     if m == 1 {
+        // Decode: one task per thread by default (`Knob::QuantDecodeTasks`), not 64-row ones:
+        // the row cap keeps a prefill task's weights in L2 while its activation groups pass; one
+        // activation row pair needs no such blocking, and every task restarts the weight stream.
+        let per_thread = super::tuning::Knob::QuantDecodeTasks.get();
+        let per_task =
+            if per_thread == 0 { per_task } else { n.div_ceil(per_thread * rayon::current_num_threads()).max(1) };
         // Decode: on the spinning pool, like the bf16 matvecs (see `pool`).
         let mut outs: Vec<&mut [f32]> = out.chunks_mut(per_task).collect();
         super::pool::for_each_mut(&mut outs, |t, o| {

@@ -17,8 +17,13 @@
 //!   then one f32 FMA per block and row.
 //!
 //! Offsets (Q4_0's 8, Q6_K's 32) and mins (Q4_1, Q4_K) go through the activation block sums.
+//! The grouped path takes the 8 blocks' f16 scales (and mins) from the instantiating module's
+//! `dm8::<T>(group)`: one word permute on AVX-512 ([`super::avx512`]), 8 scalar loads and word
+//! inserts per vector on AVX2 ([`dm8_scalar`]).
 //! Weight loads go through bounds-checked slices of exactly the loaded size; activation loads
 //! in the 32-block kernels use raw offsets after one length check per row.
+
+use std::arch::x86_64::*;
 
 /// Runs kernel `$k` with `R = $a.len()` (1..=4; more panics in the kernel's row check).
 macro_rules! by_rows {
@@ -115,14 +120,7 @@ macro_rules! quant_kernels {
             _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d), acc)
         }
 
-        /// Bytes per block of the 32-element weight type `T` (0: Q8_0, 1: Q4_0, 2: Q4_1).
-        const fn bytes32(t: u8) -> usize {
-            match t {
-                0 => 34,
-                1 => 18,
-                _ => 20,
-            }
-        }
+        use crate::op::cpu::quant::x86::block_bytes as bytes32;
 
         /// One 32-element block `blk` of type `T` (see [`bytes32`]) against block `b` of each
         /// activation row: `acc[r] += d_w·d_a · Σ q·a` in the lanes, and into `extra[r]` the
@@ -180,14 +178,6 @@ macro_rules! quant_kernels {
             _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(q0, q1), _mm256_permute2x128_si256::<0x31>(q0, q1))
         }
 
-        /// The f16 at byte `off` of each of the 8 consecutive `bb`-byte blocks of `g`, as f32.
-        #[inline]
-        #[target_feature(enable = $feat)]
-        fn f16x8(g: &[u8], bb: usize, off: usize) -> __m256 {
-            let h = |j: usize| u16::from_le_bytes([g[j * bb + off], g[j * bb + off + 1]]) as i16;
-            _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)))
-        }
-
         /// One or two activation rows (decode; two: a row and its refinement residual), 8 blocks
         /// per step: each row's 8 integer dots are reduced to one vector (lane = block) and scaled
         /// by 8 weight × activation scales at once, instead of a broadcast and FMA per block (the
@@ -199,7 +189,11 @@ macro_rules! quant_kernels {
         /// (`qs`, `d` and `ds`).
         #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn groups8<const R: usize, const T: u8>(w: &[u8], acts: &[ActRow<'_>]) -> ([__m256; R], [__m256; R]) {
+        unsafe fn groups8<const R: usize, const T: u8>(
+            w: &[u8],
+            acts: &[ActRow<'_>],
+            wide: bool,
+        ) -> ([__m256; R], [__m256; R]) {
             let bb = bytes32(T);
             let (mut acc, mut ex) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
             for (gi, g) in w.chunks_exact(8 * bb).enumerate() {
@@ -219,8 +213,8 @@ macro_rules! quant_kernels {
                         p[r][j] = mul_sum(u, if T == 0 { _mm256_sign_epi8(s, sq) } else { s });
                     }
                 }
-                let dw = f16x8(g, bb, 0);
-                let m = if T == 2 { f16x8(g, bb, 2) } else { _mm256_mul_ps(dw, _mm256_set1_ps(-8.0)) };
+                // The 8 weight scales and min / offset terms (Q4_1 mins, Q4_0 -8·d; Q8_0 unused).
+                let (dw, m) = if wide { dm8::<T>(g) } else { crate::op::cpu::quant::x86::dm8_scalar::<T>(g) };
                 for r in 0..R {
                     let a = &acts[r];
                     // SAFETY: entries 8·gi..8·gi + 8 of `d` and `ds` are blocks < nb (caller).
@@ -251,8 +245,11 @@ macro_rules! quant_kernels {
             let (mut ex0, mut ex1) = ([0.0f32; R], [0.0f32; R]);
             let mut first = 0;
             if R == 1 || (R == 2 && crate::op::cpu::tuning::Knob::QuantGroupRows.get() >= 2) {
+                // Scales gathered by the instantiation's `dm8` (a permute on AVX-512) unless the
+                // A/B knob asks for the scalar gather.
+                let wide = crate::op::cpu::tuning::Knob::QuantScaleGather.get() == 1;
                 // SAFETY: every row holds nb blocks (asserted above).
-                let (acc, ex) = unsafe { groups8::<R, T>(w, acts) };
+                let (acc, ex) = unsafe { groups8::<R, T>(w, acts, wide) };
                 for r in 0..R {
                     (acc0[r], ex0[r]) = (acc[r], hsum(ex[r]));
                 }
@@ -400,6 +397,40 @@ macro_rules! quant_kernels {
             }
         }
     };
+}
+
+/// The f16 at byte `off` of each of the 8 consecutive `bb`-byte blocks of `g`, as f32 (8 scalar
+/// loads and word inserts).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16x8(g: &[u8], bb: usize, off: usize) -> __m256 {
+    let h = |j: usize| u16::from_le_bytes([g[j * bb + off], g[j * bb + off + 1]]) as i16;
+    _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)))
+}
+
+/// Bytes per block of the 32-element weight type `T` (0: Q8_0, 1: Q4_0, 2: Q4_1).
+pub(super) const fn block_bytes(t: u8) -> usize {
+    match t {
+        0 => 34,
+        1 => 18,
+        _ => 20,
+    }
+}
+
+/// The weight scales of the 8 blocks of type `T` in `g` and the per-block term that multiplies
+/// the activation block sums: Q4_1 its mins, Q4_0 `-8·d` (values are `q - 8`), Q8_0 zeros.
+/// Portable gather (AVX2); the VNNI kernels gather with one word permute (`avx512::dm8`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dm8_scalar<const T: u8>(g: &[u8]) -> (__m256, __m256) {
+    let bb = block_bytes(T);
+    let d = f16x8(g, bb, 0);
+    let m = match T {
+        0 => _mm256_setzero_ps(),
+        1 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
+        _ => f16x8(g, bb, 2),
+    };
+    (d, m)
 }
 
 pub(super) use {by_rows, quant_kernels};
