@@ -2,6 +2,7 @@
 
 use super::{Op, OpContext, Positions, check_shape};
 use crate::base::{Error, Result};
+use crate::op::cpu::attn_rows::{scores_f32, weighted_sum_f32};
 use crate::op::cpu::{axpy_f32, dot_f32};
 use crate::op::softmax::softmax_row;
 use crate::tensor::Tensor;
@@ -43,7 +44,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: u
         let n = pos0 + i + 1; // causal: positions 0..=pos0+i
         let qh = &q[i * width + h * hd..][..hd];
         let (kh, vh) = (&k[kv * ctx * hd..][..n * hd], &v[kv * ctx * hd..][..n * hd]);
-        attend_row(qh, n, |t| &kh[t * hd..][..hd], |t| &vh[t * hd..][..hd], scale, scores, o);
+        // Contiguous cache rows: the whole-row kernels (scores, then the weighted sum of values).
+        scores.clear();
+        scores.resize(n, 0.0);
+        scores_f32(qh, kh, scale, scores);
+        softmax_row(scores);
+        weighted_sum_f32(scores, vh, o);
     };
     if seq == 1 {
         // Decode: one short loop per layer, on the spinning pool like the matvecs around it.

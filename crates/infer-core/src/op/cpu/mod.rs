@@ -11,6 +11,7 @@
 //! Block-quantized weights go to [`quant`] (integer dots on 8-bit activations) under
 //! [`Precision::Fast`], or are dequantized one row at a time under [`Precision::Exact`].
 
+pub(crate) mod attn_rows;
 mod gemm;
 mod kernel;
 pub(crate) mod pool;

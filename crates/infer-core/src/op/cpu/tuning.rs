@@ -35,17 +35,22 @@ pub enum Knob {
     /// thread, 1.06-1.08x four (each task starts a new weight stream, and the threads claim
     /// tasks through one shared counter; neither the task locks nor their cache lines mattered).
     QuantDecodeTasks,
+    /// 1 (default): attention rows over a contiguous cache use the whole-row kernels of
+    /// `attn_rows` where they apply (AVX-512, head_dim % 16 == 0); 0: a dot and an axpy call per
+    /// cached position.
+    AttnRowKernels,
 }
 
 impl Knob {
     /// Every knob, for parsing names.
-    pub const ALL: [Knob; 6] = [
+    pub const ALL: [Knob; 7] = [
         Knob::DecodeTaskBytes,
         Knob::GemvPrefetchBytes,
         Knob::PrefillOnPool,
         Knob::QuantGroupRows,
         Knob::QuantScaleGather,
         Knob::QuantDecodeTasks,
+        Knob::AttnRowKernels,
     ];
 
     /// The default (measured best) value.
@@ -57,6 +62,7 @@ impl Knob {
             Knob::QuantGroupRows => 2,
             Knob::QuantScaleGather => 1,
             Knob::QuantDecodeTasks => 1,
+            Knob::AttnRowKernels => 1,
         }
     }
 
@@ -69,6 +75,7 @@ impl Knob {
             Knob::QuantGroupRows => "quant_group_rows",
             Knob::QuantScaleGather => "quant_scale_gather",
             Knob::QuantDecodeTasks => "quant_decode_tasks",
+            Knob::AttnRowKernels => "attn_row_kernels",
         }
     }
 
