@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActRow, Kern};
+use super::{ActRow, Kern, RowsKern};
 use crate::op::cpu::simd::{self, Isa};
 use crate::tensor::DType;
 
@@ -31,4 +31,19 @@ fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
         // SAFETY: AVX2, FMA and F16C were detected at runtime just above.
         unsafe { k::run(dtype, w, acts, out) }
     }
+}
+
+/// The row-range entry of these kernels (see [`RowsKern`]), when the CPU has them.
+pub(super) fn rows_kernel() -> Option<RowsKern> {
+    kernel().map(|_| run_rows as RowsKern)
+}
+
+fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
+    if simd::detected() >= Isa::Avx2 {
+        // SAFETY: AVX2, FMA and F16C were detected at runtime just above.
+        if unsafe { k::rows_pair(dtype, w, row_bytes, acts, out) } {
+            return;
+        }
+    }
+    super::rows_via(run, dtype, w, row_bytes, acts, out);
 }

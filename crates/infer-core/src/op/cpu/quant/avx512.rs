@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActRow, Kern};
+use super::{ActRow, Kern, RowsKern};
 use crate::op::cpu::simd;
 use crate::tensor::DType;
 
@@ -88,4 +88,20 @@ fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
         // (`has_avx512_vnni` implies the detected Isa::Avx512, which includes AVX2/FMA/F16C).
         unsafe { k::run(dtype, w, acts, out) }
     }
+}
+
+/// The row-range entry of these kernels (see [`RowsKern`]), when the CPU has them.
+pub(super) fn rows_kernel() -> Option<RowsKern> {
+    kernel().map(|_| run_rows as RowsKern)
+}
+
+fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
+    if simd::has_avx512_vnni() {
+        // SAFETY: AVX-512 F/BW/VL, AVX512_VNNI, AVX2, FMA and F16C were detected at runtime
+        // (`has_avx512_vnni` implies the detected Isa::Avx512, which includes AVX2/FMA/F16C).
+        if unsafe { k::rows_pair(dtype, w, row_bytes, acts, out) } {
+            return;
+        }
+    }
+    super::rows_via(run, dtype, w, row_bytes, acts, out);
 }

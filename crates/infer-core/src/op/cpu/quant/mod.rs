@@ -45,6 +45,11 @@ pub(crate) const ROWS: usize = 4;
 /// Panics (never reads out of bounds) when a length does not match.
 pub(crate) type Kern = fn(DType, &[u8], &[ActRow<'_>], &mut [f32]);
 
+/// Consecutive weight rows (`out.len()` of `row_bytes` bytes each, whole blocks of the dtype)
+/// dotted with 1..=[`ROWS`] activation rows; `out[j]` receives the sum over the activation rows
+/// of row `j`'s dots (decode: a row and its refinement residual, which add up to the dot).
+pub(crate) type RowsKern = fn(DType, &[u8], usize, &[ActRow<'_>], &mut [f32]);
+
 /// One quantized activation row: `qs` (k values), `d` (one scale per block), `sums` (the sum
 /// of `qs` per 32-block for the 32-element format, per 16 values for the 256-element one) and,
 /// for the 32-element format, `ds = d · sum` per block (empty for the 256-element one).
@@ -222,6 +227,36 @@ pub(crate) fn kernel(isa: Isa) -> Kern {
     scalar::run
 }
 
+/// [`kernel`]'s family as a [`RowsKern`] (a loop inside the kernels' target features, no call
+/// per row).
+pub(crate) fn rows_kernel(isa: Isa) -> RowsKern {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx512
+            && let Some(k) = avx512::rows_kernel()
+        {
+            return k;
+        }
+        if isa >= Isa::Avx2
+            && let Some(k) = avx2::rows_kernel()
+        {
+            return k;
+        }
+    }
+    let _ = isa;
+    scalar::run_rows
+}
+
+/// A [`RowsKern`] that calls the per-row kernel `kern` for each weight row.
+fn rows_via(kern: Kern, dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
+    let mut part = [0.0f32; ROWS];
+    let part = &mut part[..acts.len().min(ROWS)];
+    for (o, wr) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+        kern(dtype, wr, acts, part);
+        *o = part.iter().sum();
+    }
+}
+
 /// Name of the integer-dot family [`kernel`] picks on `isa`: `"avx512vnni"`, `"avx2"` or
 /// `"scalar"`.
 pub fn kernel_name(isa: Isa) -> &'static str {
@@ -284,14 +319,11 @@ pub(crate) fn matmul_fast(
         let per_task =
             if per_thread == 0 { per_task } else { n.div_ceil(per_thread * rayon::current_num_threads()).max(1) };
         // Decode: on the spinning pool, like the bf16 matvecs (see `pool`).
+        let run_rows = rows_kernel(isa);
         let mut outs: Vec<&mut [f32]> = out.chunks_mut(per_task).collect();
         super::pool::for_each_mut(&mut outs, |t, o| {
             let w = &w[t * per_task * row_bytes..][..o.len() * row_bytes];
-            for (o, w) in o.iter_mut().zip(w.chunks_exact(row_bytes)) {
-                let mut two = [0.0f32; 2];
-                kern(dtype, w, &rows, &mut two);
-                *o = two[0] + two[1];
-            }
+            run_rows(dtype, w, row_bytes, &rows, o);
         });
         return Ok(());
     }

@@ -20,6 +20,11 @@ pub(super) fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) 
     }
 }
 
+/// [`RowsKern`](super::RowsKern) over [`run`].
+pub(super) fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
+    super::rows_via(run, dtype, w, row_bytes, acts, out);
+}
+
 #[inline]
 pub(super) fn f16le(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()

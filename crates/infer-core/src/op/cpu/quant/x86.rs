@@ -232,12 +232,14 @@ macro_rules! quant_kernels {
 
         /// Q8_0 (`T = 0`), Q4_0 (1) or Q4_1 (2) weights against 32-block activations: one or two
         /// rows in groups of 8 blocks ([`groups8`]), then (and for more rows) two blocks per step
-        /// into separate accumulators (independent FMA and add chains).
+        /// into separate accumulators (independent FMA and add chains). Returns per row a vector
+        /// and a scalar whose lanes and value sum to the dot (one horizontal sum per use).
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub(super) fn kern32<const R: usize, const T: u8>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+        fn dot32<const R: usize, const T: u8>(w: &[u8], acts: &[ActRow<'_>]) -> ([__m256; R], [f32; R]) {
             let bb = bytes32(T);
             let nb = w.len() / bb;
-            assert!(acts.len() == R && out.len() == R && w.len() == nb * bb, "the driver passes R rows, whole blocks");
+            assert!(acts.len() == R && w.len() == nb * bb, "the driver passes R rows, whole blocks");
             for a in acts {
                 assert!(a.qs.len() >= 32 * nb && a.d.len() >= nb && a.ds.len() >= nb, "rows hold nb blocks");
             }
@@ -251,7 +253,7 @@ macro_rules! quant_kernels {
                 // SAFETY: every row holds nb blocks (asserted above).
                 let (acc, ex) = unsafe { groups8::<R, T>(w, acts, wide) };
                 for r in 0..R {
-                    (acc0[r], ex0[r]) = (acc[r], hsum(ex[r]));
+                    acc0[r] = _mm256_add_ps(acc[r], ex[r]); // the offset / min lanes sum in too
                 }
                 first = nb / 8 * 8;
             }
@@ -268,9 +270,50 @@ macro_rules! quant_kernels {
                 // SAFETY: the odd last block is nb - 1, which every row holds.
                 unsafe { step32::<R, T>(pairs.remainder(), nb - 1, acts, &mut acc0, &mut ex0) };
             }
+            (std::array::from_fn(|r| _mm256_add_ps(acc0[r], acc1[r])), std::array::from_fn(|r| ex0[r] + ex1[r]))
+        }
+
+        /// [`dot32`], one output per row.
+        #[target_feature(enable = $feat)]
+        pub(super) fn kern32<const R: usize, const T: u8>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+            assert!(out.len() == R, "the driver passes R outputs");
+            let (v, e) = dot32::<R, T>(w, acts);
             for r in 0..R {
-                out[r] = hsum(_mm256_add_ps(acc0[r], acc1[r])) + (ex0[r] + ex1[r]);
+                out[r] = hsum(v[r]) + e[r];
             }
+        }
+
+        /// Consecutive weight rows of `T` against the two rows of a refined activation (decode):
+        /// `out[j]` = row j's dot with their sum, one horizontal sum per weight row and no call
+        /// per row.
+        #[target_feature(enable = $feat)]
+        fn rows_pair32<const T: u8>(w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
+            for (o, wr) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                let (v, e) = dot32::<2, T>(wr, acts);
+                *o = hsum(_mm256_add_ps(v[0], v[1])) + (e[0] + e[1]);
+            }
+        }
+
+        /// The [`RowsKern`](crate::op::cpu::quant::RowsKern) of a refined decode row (two
+        /// activation rows) over Q8_0/Q4_0/Q4_1 weights; false (nothing written) for other
+        /// dtypes and row counts. Caller: the CPU has `$feat`.
+        #[target_feature(enable = $feat)]
+        pub(super) fn rows_pair(
+            dtype: crate::tensor::DType,
+            w: &[u8],
+            row_bytes: usize,
+            acts: &[ActRow<'_>],
+            out: &mut [f32],
+        ) -> bool {
+            use crate::tensor::DType;
+            assert!(w.len() >= out.len() * row_bytes, "the driver passes whole rows");
+            match (dtype, acts.len()) {
+                (DType::Q8_0, 2) => rows_pair32::<0>(w, row_bytes, acts, out),
+                (DType::Q4_0, 2) => rows_pair32::<1>(w, row_bytes, acts, out),
+                (DType::Q4_1, 2) => rows_pair32::<2>(w, row_bytes, acts, out),
+                _ => return false,
+            }
+            true
         }
 
         /// The 8 six-bit scales and mins of a Q4_K block's 12 packed bytes (see
