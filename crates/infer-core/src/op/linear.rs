@@ -5,7 +5,7 @@ use std::borrow::Borrow;
 
 use super::{Op, OpContext, Precision, check_shape, matmul::matmul_with_precision};
 use crate::base::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, TensorData};
 
 const NAME: &str = "linear";
 
@@ -36,8 +36,8 @@ pub fn linear_with_precision<W: Borrow<Tensor>>(
                 return Err(Error::op(NAME, "x and out must be contiguous"));
             }
             let (x, out) = (x.as_f32()?, out.as_f32_mut()?);
-            let mut col = 0;
-            for (w, &n) in ws.iter().zip(&widths) {
+            let mut data = Vec::with_capacity(ws.len());
+            for w in ws {
                 let w = w.borrow();
                 if w.dims2(NAME)?.1 != k {
                     return Err(Error::op(
@@ -48,7 +48,22 @@ pub fn linear_with_precision<W: Borrow<Tensor>>(
                 if !w.is_contiguous() {
                     return Err(Error::op(NAME, format!("w {:?} must be contiguous", w.shape())));
                 }
-                super::cpu::matmul_nt_cols(x, w.data()?, out, total, col, m, n, k, precision)?;
+                data.push(w.data()?);
+            }
+            if m == 1 && precision == Precision::Fast {
+                // Decode over block-quantized parts: the row is quantized once for all of them and
+                // their rows share one pool dispatch.
+                let quant: Vec<(DType, &[u8])> = data
+                    .iter()
+                    .filter_map(|d| if let TensorData::Quant(t, b) = d { Some((*t, *b)) } else { None })
+                    .collect();
+                if quant.len() == data.len() {
+                    return super::cpu::quant::matvec_parts(super::cpu::simd::active(), &quant, x, out);
+                }
+            }
+            let mut col = 0;
+            for (d, &n) in data.into_iter().zip(&widths) {
+                super::cpu::matmul_nt_cols(x, d, out, total, col, m, n, k, precision)?;
                 col += n;
             }
             Ok(())

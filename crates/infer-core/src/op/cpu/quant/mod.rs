@@ -25,6 +25,7 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod matvec;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,8 @@ mod tests;
 mod x86;
 
 use rayon::prelude::*;
+
+pub(crate) use matvec::matvec_parts;
 
 use super::simd::Isa;
 use crate::base::{Error, Result};
@@ -306,27 +309,15 @@ pub(crate) fn matmul_fast(
         out.fill(0.0); // the empty sum
         return Ok(());
     }
+    if m == 1 {
+        // Decode: quantized once, one row-range kernel call per task (see `matvec`).
+        return matvec_parts(isa, &[(dtype, w)], x, out);
+    }
     // Rows 2i, 2i + 1: value and residual of activation row i (module docs).
     let acts = QActs::quantize_refined(x, k, QActs::block_for(dtype));
     let rows: Vec<ActRow<'_>> = (0..2 * m).map(|i| acts.row(i)).collect();
     // Weight rows per task: enough tasks to balance (4 per thread), at most 64 rows.
     let per_task = (n / (4 * rayon::current_num_threads())).clamp(1, 64);
-    if m == 1 {
-        // Decode: one task per thread by default (`Knob::QuantDecodeTasks`), not 64-row ones:
-        // the row cap keeps a prefill task's weights in L2 while its activation groups pass; one
-        // activation row pair needs no such blocking, and every task restarts the weight stream.
-        let per_thread = super::tuning::Knob::QuantDecodeTasks.get();
-        let per_task =
-            if per_thread == 0 { per_task } else { n.div_ceil(per_thread * rayon::current_num_threads()).max(1) };
-        // Decode: on the spinning pool, like the bf16 matvecs (see `pool`).
-        let run_rows = rows_kernel(isa);
-        let mut outs: Vec<&mut [f32]> = out.chunks_mut(per_task).collect();
-        super::pool::for_each_mut(&mut outs, |t, o| {
-            let w = &w[t * per_task * row_bytes..][..o.len() * row_bytes];
-            run_rows(dtype, w, row_bytes, &rows, o);
-        });
-        return Ok(());
-    }
     // [n, 2m]: each task writes the outputs of its weight rows, summed and transposed at the end.
     let m2 = 2 * m;
     let mut cols = vec![0.0f32; n * m2];

@@ -183,3 +183,32 @@ fn round_half_away_matches_f32_round() {
     }
     assert_eq!(round_half_away(f32::NAN), 0);
 }
+
+#[test]
+fn matvec_parts_match_each_part_alone() {
+    // Mixed block formats (32 and 256), odd row counts, several tasks per part and parts per task.
+    let k = 512;
+    let x = acts(1, k, 21);
+    let specs = [(DType::Q4_1, 7), (DType::Q6_K, 3), (DType::Q8_0, 11), (DType::Q4_K, 1)];
+    let parts: Vec<(DType, Vec<u8>)> =
+        specs.iter().enumerate().map(|(i, &(t, n))| (t, weights(t, n, k, 40 + i as u64).0)).collect();
+    let mut want = Vec::new();
+    for (t, w) in &parts {
+        let n = w.len() / t.bytes_for(k).unwrap();
+        let mut o = vec![0.0; n];
+        matmul_fast(simd::active(), *t, w, &x, &mut o, 1, n, k).unwrap();
+        want.extend(o);
+    }
+    let refs: Vec<(DType, &[u8])> = parts.iter().map(|(t, w)| (*t, &w[..])).collect();
+    for isa in simd::available() {
+        let mut got = vec![f32::NAN; want.len()];
+        matvec_parts(isa, &refs, &x, &mut got).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{} [{i}]: {g} vs {w}", kernel_name(isa));
+        }
+    }
+    let mut short = vec![0.0; want.len() - 1];
+    assert!(matvec_parts(simd::active(), &refs, &x, &mut short).is_err());
+    assert!(matvec_parts(simd::active(), &[(DType::Q8_0, &refs[0].1[..5])], &x, &mut [0.0]).is_err());
+    assert!(matvec_parts(simd::active(), &[], &x, &mut []).is_ok());
+}
