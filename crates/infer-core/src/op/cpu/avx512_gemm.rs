@@ -37,7 +37,7 @@ pub(crate) fn round_pairs(cpu: Avx512Bf16, x: &[f32], m: usize, k: usize, out: &
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-fn round_row(_cpu: Avx512Bf16, src: &[f32], dst: &mut [bf16]) {
+pub(crate) fn round_row(_cpu: Avx512Bf16, src: &[f32], dst: &mut [bf16]) {
     let n = dst.len().min(src.len());
     let mut i = 0;
     while i + 16 <= n {

@@ -16,6 +16,8 @@ mod gemm;
 mod kernel;
 pub(crate) mod pool;
 pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod quant_prefill;
 pub mod simd;
 pub mod tuning;
 mod vec;
@@ -86,6 +88,10 @@ pub fn matmul_nt_cols(
     check_len("out", out.len(), m, ld)?;
     if col.checked_add(n).is_none_or(|end| end > ld) {
         return Err(Error::op("matmul", format!("columns {col}..{col}+{n} exceed the output's {ld}")));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (TensorData::Quant(dtype, bytes), Precision::Fast, Some(bf)) = (w, precision, quant_prefill::applies(m)) {
+        return quant_prefill::matmul(bf, dtype, bytes, x, out, ld, col, m, n, k);
     }
     if let TensorData::Quant(dtype, bytes) = w
         && ld == n

@@ -39,11 +39,18 @@ pub enum Knob {
     /// `attn_rows` where they apply (AVX-512, head_dim % 16 == 0); 0: a dot and an axpy call per
     /// cached position.
     AttnRowKernels,
+    /// Fewest rows of a [`Precision::Fast`](crate::op::Precision) matmul on block-quantized
+    /// weights that go through the bf16 GEMM (weights dequantized a block at a time, CPUs
+    /// with AVX512_BF16; `op::cpu::quant_prefill`) instead of the integer kernels; 0: never.
+    /// 32 (default): measured in-process on SmolLM2-135M Q4_1 (`decode_ab` with `AB_PREFILL`,
+    /// 40 alternating prefills): 0.89x the integer kernels at 8 rows, 1.01x at 16, 3.4x at 32,
+    /// 4.5x at 128.
+    QuantPrefillRows,
 }
 
 impl Knob {
     /// Every knob, for parsing names.
-    pub const ALL: [Knob; 7] = [
+    pub const ALL: [Knob; 8] = [
         Knob::DecodeTaskBytes,
         Knob::GemvPrefetchBytes,
         Knob::PrefillOnPool,
@@ -51,6 +58,7 @@ impl Knob {
         Knob::QuantScaleGather,
         Knob::QuantDecodeTasks,
         Knob::AttnRowKernels,
+        Knob::QuantPrefillRows,
     ];
 
     /// The default (measured best) value.
@@ -63,6 +71,7 @@ impl Knob {
             Knob::QuantScaleGather => 1,
             Knob::QuantDecodeTasks => 1,
             Knob::AttnRowKernels => 1,
+            Knob::QuantPrefillRows => 32,
         }
     }
 
@@ -76,6 +85,7 @@ impl Knob {
             Knob::QuantScaleGather => "quant_scale_gather",
             Knob::QuantDecodeTasks => "quant_decode_tasks",
             Knob::AttnRowKernels => "attn_row_kernels",
+            Knob::QuantPrefillRows => "quant_prefill_rows",
         }
     }
 
