@@ -22,8 +22,8 @@ mod k {
 }
 
 /// The AVX2 kernels, when the CPU has AVX2/FMA/F16C.
-pub(super) fn kernel() -> Option<Kern> {
-    (simd::detected() >= Isa::Avx2).then_some(run as Kern)
+pub(super) fn kernels() -> Option<(Kern, RowsKern)> {
+    (simd::detected() >= Isa::Avx2).then_some((run as Kern, run_rows as RowsKern))
 }
 
 fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
@@ -31,11 +31,6 @@ fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
         // SAFETY: AVX2, FMA and F16C were detected at runtime just above.
         unsafe { k::run(dtype, w, acts, out) }
     }
-}
-
-/// The row-range entry of these kernels (see [`RowsKern`]), when the CPU has them.
-pub(super) fn rows_kernel() -> Option<RowsKern> {
-    kernel().map(|_| run_rows as RowsKern)
 }
 
 fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {

@@ -78,8 +78,8 @@ mod k {
 }
 
 /// The VNNI kernels, when the CPU has AVX-512 F/BW/VL and AVX512_VNNI.
-pub(super) fn kernel() -> Option<Kern> {
-    simd::has_avx512_vnni().then_some(run as Kern)
+pub(super) fn kernels() -> Option<(Kern, RowsKern)> {
+    simd::has_avx512_vnni().then_some((run as Kern, run_rows as RowsKern))
 }
 
 fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
@@ -88,11 +88,6 @@ fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
         // (`has_avx512_vnni` implies the detected Isa::Avx512, which includes AVX2/FMA/F16C).
         unsafe { k::run(dtype, w, acts, out) }
     }
-}
-
-/// The row-range entry of these kernels (see [`RowsKern`]), when the CPU has them.
-pub(super) fn rows_kernel() -> Option<RowsKern> {
-    kernel().map(|_| run_rows as RowsKern)
 }
 
 fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {

@@ -210,44 +210,34 @@ fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
     1.0 / iscale
 }
 
-/// The dot kernels on `isa`, capped to what the CPU supports: VNNI needs `isa >= Avx512` and
-/// AVX512_VNNI, else AVX2, else portable.
-pub(crate) fn kernel(isa: Isa) -> Kern {
+/// The dot kernels on `isa`, capped to what the CPU supports (VNNI needs `isa >= Avx512` and
+/// AVX512_VNNI, else AVX2, else portable): the per-row [`Kern`] and the row-range [`RowsKern`].
+fn family(isa: Isa) -> (Kern, RowsKern) {
     #[cfg(target_arch = "x86_64")]
     {
         if isa >= Isa::Avx512
-            && let Some(k) = avx512::kernel()
+            && let Some(k) = avx512::kernels()
         {
             return k;
         }
         if isa >= Isa::Avx2
-            && let Some(k) = avx2::kernel()
+            && let Some(k) = avx2::kernels()
         {
             return k;
         }
     }
     let _ = isa;
-    scalar::run
+    (scalar::run, scalar::run_rows)
 }
 
-/// [`kernel`]'s family as a [`RowsKern`] (a loop inside the kernels' target features, no call
-/// per row).
+/// The per-row dot kernel of [`family`].
+pub(crate) fn kernel(isa: Isa) -> Kern {
+    family(isa).0
+}
+
+/// [`family`]'s row-range entry (a loop inside the kernels' target features, no call per row).
 pub(crate) fn rows_kernel(isa: Isa) -> RowsKern {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if isa >= Isa::Avx512
-            && let Some(k) = avx512::rows_kernel()
-        {
-            return k;
-        }
-        if isa >= Isa::Avx2
-            && let Some(k) = avx2::rows_kernel()
-        {
-            return k;
-        }
-    }
-    let _ = isa;
-    scalar::run_rows
+    family(isa).1
 }
 
 /// A [`RowsKern`] that calls the per-row kernel `kern` for each weight row.
@@ -265,10 +255,10 @@ fn rows_via(kern: Kern, dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow
 pub fn kernel_name(isa: Isa) -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        if isa >= Isa::Avx512 && avx512::kernel().is_some() {
+        if isa >= Isa::Avx512 && avx512::kernels().is_some() {
             return "avx512vnni";
         }
-        if isa >= Isa::Avx2 && avx2::kernel().is_some() {
+        if isa >= Isa::Avx2 && avx2::kernels().is_some() {
             return "avx2";
         }
     }
