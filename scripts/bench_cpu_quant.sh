@@ -3,8 +3,9 @@
 # RustInfer (`infer-cli generate --json`) against llama.cpp (`llama-bench`) on the same file, in
 # paired rounds that alternate which engine runs first: decode (TOKENS tokens after a short prompt)
 # and prefill (a prompt of PROMPT tokens).
-#   scripts/bench_cpu_quant.sh [LLAMA_CPP_DIR]    env: ROUNDS (8), TOKENS (128), PROMPT (512), THREADS (nproc)
-# Prints every round, the medians and the median of the per-round ratios.
+#   scripts/bench_cpu_quant.sh [LLAMA_CPP_DIR]    env: ROUNDS (8), TOKENS (128), PROMPT (512), THREADS (nproc),
+#                                                  PLOT (default test_images/cpu_quant_bench.png; empty: none)
+# Prints every round, the medians and the median of the per-round ratios, and draws their bar chart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 llama=${1:-/opt/peers/llama-cpu}
@@ -39,9 +40,27 @@ for r in $(seq "${ROUNDS:-8}"); do
 done
 printf '%s\n' "${rows[@]}" | python3 -c '
 import statistics, sys
+png, threads, tokens, plen = sys.argv[1:5]
 rows = [tuple(map(float, l.split())) for l in sys.stdin if l.strip()]
+med = {}
 for name, i in (("decode", 0), ("prefill", 2)):
     o, l = [r[i] for r in rows], [r[i + 1] for r in rows]
     ratios = [a / b for a, b in zip(o, l)]
-    print(f"{name}: {len(rows)} rounds, medians RustInfer {statistics.median(o):.1f} vs llama.cpp {statistics.median(l):.1f} tok/s; "
-          f"median per-round ratio {statistics.median(ratios):.3f}x (range {min(ratios):.2f}-{max(ratios):.2f})")'
+    med[name] = (statistics.median(o), statistics.median(l), statistics.median(ratios))
+    print(f"{name}: {len(rows)} rounds, medians RustInfer {med[name][0]:.1f} vs llama.cpp {med[name][1]:.1f} tok/s; "
+          f"median per-round ratio {med[name][2]:.3f}x (range {min(ratios):.2f}-{max(ratios):.2f})")
+if png:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, (name, label) in zip(axes, (("decode", f"decode ({tokens} tokens)"), ("prefill", f"prefill ({plen} tokens)"))):
+        o, l, r = med[name]
+        bars = ax.bar(["RustInfer", "llama.cpp"], [o, l], color=["#d95f02", "#7570b3"])
+        ax.bar_label(bars, fmt="%.0f")
+        ax.set_title(f"{label}: {r:.2f}x")
+        ax.set_ylabel("tok/s")
+    fig.suptitle(f"SmolLM2-135M-Instruct Q4_1 GGUF, CPU, {threads} threads (medians of {len(rows)} paired rounds)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"plot: {png}")' "${PLOT-test_images/cpu_quant_bench.png}" "$threads" "$tokens" "$prompt_len"
