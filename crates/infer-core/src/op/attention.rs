@@ -52,9 +52,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: u
         weighted_sum_f32(scores, vh, o);
     };
     if seq == 1 {
-        // Decode: one short loop per layer, on the spinning pool like the matvecs around it.
-        let mut heads: Vec<&mut [f32]> = out.chunks_mut(hd).collect();
-        crate::op::cpu::pool::for_each_mut(&mut heads, |idx, o| head(idx, o, &mut Vec::new()));
+        // Decode: (KV head, span of positions) tasks on the spinning pool (see `decode_spans`).
+        // Measured in-process on SmolLM2-135M Q4_1 over 1,000 steps (contexts to ~1,000):
+        // 1.05-1.10x one task per query head; Llama-3.2-1B bf16 at short contexts: same speed.
+        let cache = Cache { k, v, ctx, hd, n_kv };
+        decode_spans(q, &cache, pos0 + 1, n_heads, scale, out);
     } else {
         // Prefill: one task per query row, its heads one after the other.
         crate::op::cpu::pool::for_each_chunk(out, width, |i, row| {
@@ -65,6 +67,63 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: u
         });
     }
     Ok(())
+}
+
+/// A contiguous KV cache: `k`, `v` `[n_kv, ctx, hd]`.
+struct Cache<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    ctx: usize,
+    hd: usize,
+    n_kv: usize,
+}
+
+/// Fewest positions of a decode span (below that, one span per KV head).
+const SPAN_MIN: usize = 64;
+
+/// Decode attention of one query row `q` `[n_heads · hd]` over positions `0..n`: tasks are
+/// (KV head, span of positions), about two per thread, each running the KV head's query heads
+/// over its span (the span's K / V rows are read from cache once per head, not from memory), then
+/// the spans merge by their log-sum-exp (flash-decoding). Balances two threads over 3 KV heads
+/// (SmolLM2) where one task per query head left one thread a head more.
+fn decode_spans(q: &[f32], c: &Cache<'_>, n: usize, n_heads: usize, scale: f32, out: &mut [f32]) {
+    let (hd, group) = (c.hd, n_heads / c.n_kv);
+    let threads = rayon::current_num_threads();
+    let spans = (2 * threads).div_ceil(c.n_kv).min(n.div_ceil(SPAN_MIN)).max(1);
+    let len = n.div_ceil(spans);
+    // Per (KV head, span), per query head of the group: [lse, acc (hd, normalized)].
+    let mut parts = vec![0.0f32; c.n_kv * spans * group * (hd + 1)];
+    let mut items: Vec<&mut [f32]> = parts.chunks_mut(group * (hd + 1)).collect();
+    crate::op::cpu::pool::for_each_mut(&mut items, |t, part| {
+        let (kv, s) = (t / spans, t % spans);
+        let (b, e) = (s * len, ((s + 1) * len).min(n));
+        let base = kv * c.ctx * hd;
+        let (kh, vh) = (&c.k[base + b * hd..base + e.max(b) * hd], &c.v[base + b * hd..base + e.max(b) * hd]);
+        let mut scores = vec![0.0f32; e.saturating_sub(b)];
+        for (h, p) in part.chunks_exact_mut(hd + 1).enumerate() {
+            let (lse, acc) = p.split_at_mut(1);
+            if scores.is_empty() {
+                lse[0] = f32::NEG_INFINITY; // an empty span weighs nothing
+                continue;
+            }
+            scores_f32(&q[(kv * group + h) * hd..][..hd], kh, scale, &mut scores);
+            lse[0] = softmax_row(&mut scores);
+            weighted_sum_f32(&scores, vh, acc);
+        }
+    });
+    for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+        let (kv, g) = (h / group, h % group);
+        let span = |s: usize| &parts[((kv * spans + s) * group + g) * (hd + 1)..][..hd + 1];
+        let mx = (0..spans).map(|s| span(s)[0]).fold(f32::NEG_INFINITY, f32::max);
+        let total: f32 = (0..spans).map(|s| (span(s)[0] - mx).exp()).sum();
+        o.fill(0.0);
+        for s in 0..spans {
+            let w = (span(s)[0] - mx).exp() / total;
+            if w > 0.0 {
+                axpy_f32(w, &span(s)[1..], o);
+            }
+        }
+    }
 }
 
 /// One query head over `n` cached positions: `o = softmax(q · k_t · scale) · v_t`, with the
@@ -112,7 +171,19 @@ mod tests {
 
     #[test]
     fn matches_naive_gqa_on_odd_sizes() {
-        let (n_heads, n_kv, hd, ctx, pos0, seq) = (6, 2, 13, 11, 3, 5);
+        // Prefill rows; decode rows over one or several spans per KV head (`decode_spans`).
+        for cfg in [
+            (6, 2, 13, 11, 3, 5),
+            (9, 3, 64, 700, 650, 1),
+            (6, 2, 13, 300, 200, 1),
+            (4, 1, 32, 70, 0, 1),
+            (8, 8, 16, 200, 199, 1),
+        ] {
+            check_against_f64(cfg);
+        }
+    }
+
+    fn check_against_f64((n_heads, n_kv, hd, ctx, pos0, seq): (usize, usize, usize, usize, usize, usize)) {
         let qv = fill(seq * n_heads * hd, 1);
         let (kv_, vv) = (fill(n_kv * ctx * hd, 2), fill(n_kv * ctx * hd, 3));
         let q = Tensor::from_f32(&[seq, n_heads * hd], qv.clone()).unwrap();
@@ -142,6 +213,6 @@ mod tests {
                 }
             }
         }
-        assert!(attention(&q, &k, &v, &Positions::host(7), n_heads, &mut out).is_err());
+        assert!(attention(&q, &k, &v, &Positions::host(ctx - seq + 1), n_heads, &mut out).is_err());
     }
 }
