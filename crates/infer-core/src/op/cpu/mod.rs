@@ -90,8 +90,8 @@ pub fn matmul_nt_cols(
         return Err(Error::op("matmul", format!("columns {col}..{col}+{n} exceed the output's {ld}")));
     }
     #[cfg(target_arch = "x86_64")]
-    if let (TensorData::Quant(dtype, bytes), Precision::Fast, Some(bf)) = (w, precision, quant_prefill::applies(m)) {
-        return quant_prefill::matmul(bf, dtype, bytes, x, out, ld, col, m, n, k);
+    if let (TensorData::Quant(dtype, bytes), Precision::Fast, Some(rows)) = (w, precision, quant_prefill::applies(m)) {
+        return quant_prefill::matmul(rows, dtype, bytes, x, out, ld, col, m, n, k);
     }
     if let TensorData::Quant(dtype, bytes) = w
         && ld == n

@@ -40,11 +40,12 @@ pub enum Knob {
     /// cached position.
     AttnRowKernels,
     /// Fewest rows of a [`Precision::Fast`](crate::op::Precision) matmul on block-quantized
-    /// weights that go through the bf16 GEMM (weights dequantized a block at a time, CPUs
-    /// with AVX512_BF16; `op::cpu::quant_prefill`) instead of the integer kernels; 0: never.
-    /// 32 (default): measured in-process on SmolLM2-135M Q4_1 (`decode_ab` with `AB_PREFILL`,
-    /// 40 alternating prefills): 0.89x the integer kernels at 8 rows, 1.01x at 16, 3.4x at 32,
-    /// 4.5x at 128.
+    /// weights that go through a float GEMM (weights dequantized a block at a time, to bf16 on
+    /// CPUs with AVX512_BF16, else f32; `op::cpu::quant_prefill`) instead of the integer
+    /// kernels; 0: never. 32 (default): measured in-process on SmolLM2-135M Q4_1 (`decode_ab`
+    /// with `AB_PREFILL`, 40-45 alternating prefills): bf16 0.89x the integer kernels at 8 rows,
+    /// 1.01x at 16, 3.4-4.0x at 32, 4.5-5.2x at 128; f32 (forced on the same AVX-512 CPU) 2.6x
+    /// at 32, 3.0x at 128.
     QuantPrefillRows,
 }
 
