@@ -48,7 +48,8 @@ pub struct ModelArgs {
     pub no_progress: bool,
     /// CPU: the reference-precision path: f32 matmul activations against exactly widened or
     /// dequantized weights (slower), instead of bf16-rounded activations (bf16 weights on
-    /// AVX512_BF16 CPUs) or 8-bit activations with a residual pass (quantized weights).
+    /// AVX512_BF16 CPUs), 8-bit activations with a residual pass (quantized weights, decode) or
+    /// bf16-rounded dequantized weights (quantized weights, prefills of 32+ tokens).
     #[arg(long)]
     pub precise: bool,
     /// Split the model over N ranks (Megatron-style tensor parallelism): N threads on the CPU;

@@ -83,7 +83,9 @@ impl Positions<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// The fastest kernels: activations may be rounded to bf16 (bf16 weights on CPUs with
-    /// AVX512_BF16) or quantized to 8 bits per block (quantized weights), as llama.cpp does.
+    /// AVX512_BF16) or quantized to 8 bits per block plus a residual pass (quantized weights,
+    /// fewer than 32 rows); 32+ rows on quantized weights dequantize them to bf16 (AVX512_BF16)
+    /// or f32 for the float GEMM (`op::cpu::quant_prefill`).
     #[default]
     Fast,
     /// f32 activations against exactly widened or dequantized weights: the reference path.
