@@ -13,8 +13,9 @@
 //!
 //! `bench_quantized_matmul` does the same for block-quantized weights on one 2048×8192 matrix
 //! (Llama-3.2-1B's down projection): GB/s of quantized weights at m = 1 and GFLOP/s at m = 64,
-//! fast (8-bit activations with a residual pass, integer dots) against exact (dequantized rows,
-//! f32 dots), timed interleaved so that machine noise hits both alike.
+//! fast (m = 1: 8-bit activations with a residual pass, integer dots; m = 64: weight rows
+//! dequantized to bf16 or f32 for the float GEMM, `op/cpu/quant_prefill.rs`) against exact
+//! (dequantized rows, f32 dots), timed interleaved so that machine noise hits both alike.
 
 use std::time::{Duration, Instant};
 
