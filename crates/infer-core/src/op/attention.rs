@@ -3,7 +3,7 @@
 use super::{Op, OpContext, Positions, check_shape};
 use crate::base::{Error, Result};
 use crate::op::cpu::attn_rows::{scores_f32, weighted_sum_f32};
-use crate::op::cpu::{axpy_f32, dot_f32};
+use crate::op::cpu::axpy_f32;
 use crate::op::softmax::softmax_row;
 use crate::tensor::Tensor;
 
@@ -44,12 +44,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: u
         let n = pos0 + i + 1; // causal: positions 0..=pos0+i
         let qh = &q[i * width + h * hd..][..hd];
         let (kh, vh) = (&k[kv * ctx * hd..][..n * hd], &v[kv * ctx * hd..][..n * hd]);
-        // Contiguous cache rows: the whole-row kernels (scores, then the weighted sum of values).
-        scores.clear();
-        scores.resize(n, 0.0);
-        scores_f32(qh, kh, scale, scores);
-        softmax_row(scores);
-        weighted_sum_f32(scores, vh, o);
+        attend_spans(qh, n, n, |_| (kh, vh), scale, scores, o); // contiguous: one span
     };
     if seq == 1 {
         // Decode: (KV head, span of positions) tasks on the spinning pool (see `decode_spans`).
@@ -126,23 +121,34 @@ fn decode_spans(q: &[f32], c: &Cache<'_>, n: usize, n_heads: usize, scale: f32, 
     }
 }
 
-/// One query head over `n` cached positions: `o = softmax(q · k_t · scale) · v_t`, with the
-/// position `t`'s key and value rows given by `key(t)` and `value(t)` (contiguous or paged).
-pub(crate) fn attend_row<'a>(
+/// One query head over `n` cached positions: `o = softmax(q · k_t · scale) · v_t`, the positions
+/// in spans of `span` whose K / V rows are contiguous (`rows(i)`: span `i`'s keys and values,
+/// `[≥ len, hd]` each; one span for a contiguous cache, a block each for a paged one), through
+/// the whole-row kernels of `op::cpu::attn_rows`.
+pub(crate) fn attend_spans<'a>(
     q: &[f32],
     n: usize,
-    key: impl Fn(usize) -> &'a [f32],
-    value: impl Fn(usize) -> &'a [f32],
+    span: usize,
+    rows: impl Fn(usize) -> (&'a [f32], &'a [f32]),
     scale: f32,
     scores: &mut Vec<f32>,
     o: &mut [f32],
 ) {
+    let hd = o.len();
     scores.clear();
-    scores.extend((0..n).map(|t| dot_f32(q, key(t)) * scale));
+    scores.resize(n, 0.0);
+    for (i, s) in scores.chunks_mut(span.max(1)).enumerate() {
+        scores_f32(q, &rows(i).0[..s.len() * hd], scale, s);
+    }
     softmax_row(scores);
+    if n <= span {
+        return weighted_sum_f32(scores, &rows(0).1[..n * hd], o);
+    }
     o.fill(0.0);
-    for (t, &p) in scores.iter().enumerate() {
-        axpy_f32(p, value(t), o);
+    let mut part = vec![0.0f32; hd];
+    for (i, p) in scores.chunks(span.max(1)).enumerate() {
+        weighted_sum_f32(p, &rows(i).1[..p.len() * hd], &mut part);
+        axpy_f32(1.0, &part, o);
     }
 }
 

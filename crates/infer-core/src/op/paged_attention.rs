@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::paged::{PagedMeta, pool_dims};
 use super::{Op, OpContext, check_shape};
 use crate::base::{Error, Result};
-use crate::op::attention::attend_row;
+use crate::op::attention::attend_spans;
 use crate::tensor::Tensor;
 
 const NAME: &str = "paged_attention";
@@ -42,7 +42,6 @@ pub fn paged_attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let (q, k, v) = (q.as_f32()?, k_pool.as_f32()?, v_pool.as_f32()?);
     let out = out.as_f32_mut()?;
-    let at = |table: &[i32], p: usize, kv: usize| ((table[p / bs] as usize * n_kv + kv) * bs + p % bs) * hd;
     // One task per (row, head): out[r, h*hd..] depends only on q[r, h] and KV head h / group.
     out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, o)| {
         let (r, h) = (idx / n_heads, idx % n_heads);
@@ -50,8 +49,12 @@ pub fn paged_attention(
         let n = meta.positions[r] as usize + 1;
         let table = &meta.block_tables[meta.row_seq[r] as usize * meta.max_blocks..][..meta.max_blocks];
         let qh = &q[r * width + h * hd..][..hd];
-        let (key, value) = (|t| &k[at(table, t, kv)..][..hd], |t| &v[at(table, t, kv)..][..hd]);
-        attend_row(qh, n, key, value, scale, scores, o);
+        // Block i of the sequence: its `bs` positions' K / V rows are contiguous in the pool.
+        let block = |i: usize| {
+            let base = (table[i] as usize * n_kv + kv) * bs * hd;
+            (&k[base..base + bs * hd], &v[base..base + bs * hd])
+        };
+        attend_spans(qh, n, bs, block, scale, scores, o);
     });
     Ok(())
 }

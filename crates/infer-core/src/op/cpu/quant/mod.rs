@@ -291,7 +291,6 @@ pub(crate) fn matmul_fast(
             out.len()
         ));
     }
-    let kern = kernel(isa);
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -303,6 +302,7 @@ pub(crate) fn matmul_fast(
         // Decode: quantized once, one row-range kernel call per task (see `matvec`).
         return matvec_parts(isa, &[(dtype, w)], x, out);
     }
+    let kern = kernel(isa);
     // Rows 2i, 2i + 1: value and residual of activation row i (module docs).
     let acts = QActs::quantize_refined(x, k, QActs::block_for(dtype));
     let rows: Vec<ActRow<'_>> = (0..2 * m).map(|i| acts.row(i)).collect();
