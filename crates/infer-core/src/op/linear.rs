@@ -50,9 +50,9 @@ pub fn linear_with_precision<W: Borrow<Tensor>>(
                 }
                 data.push(w.data()?);
             }
-            if m == 1 && precision == Precision::Fast {
+            if m == 1 && k > 0 && precision == Precision::Fast {
                 // Decode over block-quantized parts: the row is quantized once for all of them and
-                // their rows share one pool dispatch.
+                // their rows share one pool dispatch (k = 0 keeps the per-part path: empty sums).
                 let quant: Vec<(DType, &[u8])> = data
                     .iter()
                     .filter_map(|d| if let TensorData::Quant(t, b) = d { Some((*t, *b)) } else { None })
