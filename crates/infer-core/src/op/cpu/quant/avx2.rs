@@ -15,9 +15,16 @@ fn mul_sum(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
 }
 
+/// `acc + Σ` of the i16 products `p · s` in pairs (`vpmaddwd`, then an add).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot16(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+}
+
 mod k {
     use super::super::x86::dm8_scalar as dm8;
-    use super::mul_sum;
+    use super::{dot16, mul_sum};
     super::super::x86::quant_kernels!("avx2,fma,f16c");
 }
 

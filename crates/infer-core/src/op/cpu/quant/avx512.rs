@@ -72,8 +72,15 @@ fn dm8<const T: u8>(g: &[u8]) -> (__m256, __m256) {
     (d, m)
 }
 
+/// `acc + Σ` of the i16 products `p · s` in pairs (`vpdpwssd`: one instruction).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dot16(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, p, s)
+}
+
 mod k {
-    use super::{dm8, mul_sum};
+    use super::{dm8, dot16, mul_sum};
     super::super::x86::quant_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 }
 

@@ -54,8 +54,8 @@ pub(crate) type Kern = fn(DType, &[u8], &[ActRow<'_>], &mut [f32]);
 pub(crate) type RowsKern = fn(DType, &[u8], usize, &[ActRow<'_>], &mut [f32]);
 
 /// One quantized activation row: `qs` (k values), `d` (one scale per block), `sums` (the sum
-/// of `qs` per 32-block for the 32-element format, per 16 values for the 256-element one) and,
-/// for the 32-element format, `ds = d · sum` per block (empty for the 256-element one).
+/// of `qs` per 32-block for the 32-element format, per 16 values for the 256-element one) and
+/// `ds = d · sum` per entry of `sums` (the mins and offsets of the weights multiply these).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ActRow<'a> {
     pub qs: &'a [i8],
@@ -74,7 +74,7 @@ pub(crate) struct QActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub sums: Vec<i32>,
-    /// `d · sum` per 32-block (empty for 256-blocks).
+    /// `d · sum` per entry of `sums`.
     pub ds: Vec<f32>,
     /// Entries of `sums` per row.
     sums_per_row: usize,
@@ -141,9 +141,12 @@ impl QActs {
                 }
             }
         });
-        if block == 32 {
-            a.ds = a.d.iter().zip(&a.sums).map(|(d, s)| d * *s as f32).collect();
-        }
+        a.ds = if block == 32 {
+            a.d.iter().zip(&a.sums).map(|(d, s)| d * *s as f32).collect()
+        } else {
+            // Entry e covers values 16e..16e + 16, in block e / 16 (16 sums per 256-block).
+            a.sums.iter().enumerate().map(|(e, s)| a.d[e / 16] * *s as f32).collect()
+        };
         a
     }
 
@@ -154,7 +157,7 @@ impl QActs {
             qs: &self.qs[i * self.k..(i + 1) * self.k],
             d: &self.d[i * nd..(i + 1) * nd],
             sums: &self.sums[i * ns..(i + 1) * ns],
-            ds: if self.ds.is_empty() { &[] } else { &self.ds[i * nd..(i + 1) * nd] },
+            ds: if self.block == 32 { &self.ds[i * nd..(i + 1) * nd] } else { &self.ds[i * ns..(i + 1) * ns] },
         }
     }
 }
@@ -205,9 +208,19 @@ fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
     }
     let iscale = -127.0 / max;
     for (q, v) in q.iter_mut().zip(x) {
-        *q = (iscale * v).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *q = round_ties_even_small((iscale * v).clamp(-127.0, 127.0)) as i8;
     }
     1.0 / iscale
+}
+
+/// `v.round_ties_even()` for `|v| <= 2^22`, without the libm call (`roundevenf`) that it is on
+/// baseline x86-64: adding and subtracting 1.5·2^23 leaves the integer that round-to-nearest-even
+/// picks (f32 has no fraction bits left at that magnitude). Branch-free, so the loop vectorizes.
+#[inline]
+fn round_ties_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    // `black_box`-free: Rust does not reassociate float adds, so this is not folded to `v`.
+    (v + MAGIC) - MAGIC
 }
 
 /// The dot kernels on `isa`, capped to what the CPU supports (VNNI needs `isa >= Avx512` and

@@ -185,6 +185,20 @@ fn round_half_away_matches_f32_round() {
 }
 
 #[test]
+fn round_ties_even_small_matches_std() {
+    let mut v = -130.0f32;
+    while v <= 130.0 {
+        for x in [v, v + 0.5, v + 0.25, v + 0.75, v + 0.499_999_97, v + 0.500_000_06] {
+            assert_eq!(round_ties_even_small(x), x.round_ties_even(), "{x}");
+        }
+        v += 1.0;
+    }
+    for x in [0.0f32, -0.0, 4_194_304.5, -4_194_303.5, 1e-30] {
+        assert_eq!(round_ties_even_small(x), x.round_ties_even(), "{x}");
+    }
+}
+
+#[test]
 fn matvec_parts_match_each_part_alone() {
     // Mixed block formats (32 and 256), odd row counts, several tasks per part and parts per task.
     let k = 512;
@@ -211,4 +225,58 @@ fn matvec_parts_match_each_part_alone() {
     assert!(matvec_parts(simd::active(), &refs, &x, &mut short).is_err());
     assert!(matvec_parts(simd::active(), &[(DType::Q8_0, &refs[0].1[..5])], &x, &mut [0.0]).is_err());
     assert!(matvec_parts(simd::active(), &[], &x, &mut []).is_ok());
+}
+
+/// Decode matvec throughput per dtype, L2-resident (one 512 KiB-ish matrix, repeated) and
+/// streamed from memory (256 MiB, past every cache), best of 9 timings: the gap says whether a
+/// dtype's kernel is bound by compute or by bandwidth. `AB_KNOB=name AB_VALUES=a,b` alternates
+/// a knob of `op::cpu::tuning` between timings (this VM's speed drifts within seconds) and
+/// prints each value's best. `AB_TYPES=q4_k,q6_k` limits the dtypes.
+///   cargo test --release -p infer-core --lib matvec_throughput -- --ignored --nocapture
+#[test]
+#[ignore = "benchmark: allocates 256 MiB per dtype and runs for seconds"]
+fn matvec_throughput() {
+    use crate::op::cpu::tuning::Knob;
+    let knob = std::env::var("AB_KNOB").ok().map(|n| Knob::from_name(&n).expect("AB_KNOB names a knob"));
+    let values: Vec<usize> = match (knob, std::env::var("AB_VALUES")) {
+        (Some(_), Ok(v)) => v.split(',').map(|v| v.parse().expect("AB_VALUES: integers")).collect(),
+        (Some(k), Err(_)) => vec![k.default_value()],
+        (None, _) => vec![0],
+    };
+    let types = std::env::var("AB_TYPES").unwrap_or_default();
+    let k = 2048;
+    let x = acts(1, k, 5);
+    for dtype in TYPES.into_iter().filter(|t| types.is_empty() || types.split(',').any(|n| n == t.to_string())) {
+        let rb = dtype.bytes_for(k).unwrap();
+        let row: Vec<u8> = weights(dtype, 64, k, 9).0;
+        for (label, bytes) in [("hot", 512 << 10), ("cold", 256 << 20)] {
+            let n = bytes / rb / 64 * 64;
+            let w: Vec<u8> = row.iter().copied().cycle().take(n * rb).collect();
+            let mut out = vec![0.0; n];
+            let reps = if label == "hot" { 100 } else { 2 };
+            matvec_parts(simd::active(), &[(dtype, &w)], &x, &mut out).unwrap();
+            let mut best = vec![f64::INFINITY; values.len()];
+            for _ in 0..9 {
+                for (v, best) in values.iter().zip(&mut best) {
+                    if let Some(knob) = knob {
+                        knob.set(*v);
+                    }
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        matvec_parts(simd::active(), &[(dtype, &w)], &x, &mut out).unwrap();
+                    }
+                    *best = best.min(t.elapsed().as_secs_f64());
+                }
+            }
+            for (v, s) in values.iter().zip(&best) {
+                let gbs = (reps * n * rb) as f64 / s / 1e9;
+                let blocks = (reps * n * k / dtype.block_size()) as f64 / s / 1e6;
+                let tag = knob.map(|k| format!(" {}={v}", k.name())).unwrap_or_default();
+                println!("{dtype} {label}{tag}: {gbs:.1} GB/s, {blocks:.0} M blocks/s ({n} rows of {rb} B)");
+            }
+        }
+    }
+    if let Some(knob) = knob {
+        knob.set(knob.default_value());
+    }
 }

@@ -2,7 +2,8 @@
 //! `vpmaddubsw` + `vpmaddwd`) and `avx512.rs` (AVX-512 VNNI: `vpdpbusd` on 256-bit vectors):
 //! [`quant_kernels!`] expands to the kernels compiled for the given target features, calling
 //! the instantiating module's `mul_sum(u, s)`: eight i32 lanes, lane `i` the sum of the four
-//! products `u[4i..4i+4] · s[4i..4i+4]` of unsigned bytes `u` and signed bytes `s`.
+//! products `u[4i..4i+4] · s[4i..4i+4]` of unsigned bytes `u` and signed bytes `s`, and its
+//! `dot16(acc, p, s)`: `acc` plus the i16 products `p · s` summed in pairs into i32 lanes.
 //!
 //! Every kernel takes one weight row (whole blocks), `R` activation rows and `R` outputs.
 //! Per 32 weights: unpack to unsigned bytes once (sign trick for Q8_0: |w| and sign(w)·a),
@@ -12,9 +13,10 @@
 //!   i32 dots are reduced into one vector per row (lane = block) and multiplied by the 8
 //!   weight × activation scales at once; more rows (prefill): an f32 FMA per block and row,
 //!   two blocks per step into independent accumulators;
-//! * Q4_K: the 8 sub-block dots of a block are reduced into lanes and multiplied by the 8
-//!   six-bit scales; Q6_K: the i32 lanes are multiplied by their 16-value group's scale;
-//!   then one f32 FMA per block and row.
+//! * Q4_K and Q6_K (llama.cpp's scheme): `vpmaddubsw` pairs in i16, then the module's
+//!   `dot16(acc, p, s)` (`vpmaddwd` + add on AVX2, `vpdpwssd` with VNNI) multiplies them by the
+//!   sub-block's scale in every i16 lane and sums into i32 lanes: no horizontal reduction per
+//!   sub-block; then one f32 FMA per block and row.
 //!
 //! Offsets (Q4_0's 8, Q6_K's 32) and mins (Q4_1, Q4_K) go through the activation block sums.
 //! The grouped path takes the 8 blocks' f16 scales (and mins) from the instantiating module's
@@ -70,13 +72,27 @@ macro_rules! quant_kernels {
             unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
         }
 
-        /// 16 i32 from the start of `s` as two vectors (panics if shorter).
+        /// Prefetches (into L1) the `N` cache lines from `pf` bytes past the start of `s`, the
+        /// stretch of the weight stream that the kernel reaches `pf` bytes from now (none when
+        /// `pf` is 0). A hint: addresses past the end of the weights are harmless.
         #[inline]
         #[target_feature(enable = $feat)]
-        fn ld_sums(s: &[i32]) -> (__m256i, __m256i) {
+        fn prefetch<const N: usize>(s: &[u8], pf: usize) {
+            if pf > 0 {
+                let p = s.as_ptr().wrapping_add(pf);
+                for i in 0..N {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * i).cast());
+                }
+            }
+        }
+
+        /// 16 f32 from the start of `s` as two vectors (panics if shorter).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn ld_f32x16(s: &[f32]) -> (__m256, __m256) {
             let s = &s[..16];
-            // SAFETY: `s` has exactly 16 readable i32 (64 bytes); the loads are unaligned.
-            unsafe { (_mm256_loadu_si256(s.as_ptr().cast()), _mm256_loadu_si256(s[8..].as_ptr().cast())) }
+            // SAFETY: `s` has exactly 16 readable f32 (64 bytes); the loads are unaligned.
+            unsafe { (_mm256_loadu_ps(s.as_ptr()), _mm256_loadu_ps(s[8..].as_ptr())) }
         }
 
         /// 16 bytes of packed nibbles → 32 bytes: low nibbles, then high nibbles.
@@ -96,6 +112,15 @@ macro_rules! quant_kernels {
         fn f16le(b: &[u8], i: usize) -> f32 {
             let bits = u16::from_le_bytes([b[i], b[i + 1]]);
             _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+        }
+
+        /// The two f16 at `b[0..4]` as f32 lanes 0 and 1 (one 32-bit load: no merge into a
+        /// stale register, so no dependency on the previous block's accumulators).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn f16x2(b: &[u8]) -> __m128 {
+            let bits = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
         }
 
         #[inline]
@@ -196,7 +221,14 @@ macro_rules! quant_kernels {
         ) -> ([__m256; R], [__m256; R]) {
             let bb = bytes32(T);
             let (mut acc, mut ex) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+            let pf = crate::op::cpu::tuning::Knob::QuantPrefetchBytes.get();
             for (gi, g) in w.chunks_exact(8 * bb).enumerate() {
+                // 8 blocks: 144 (Q4_0), 160 (Q4_1) or 272 (Q8_0) bytes.
+                if T == 0 {
+                    prefetch::<5>(g, pf)
+                } else {
+                    prefetch::<3>(g, pf)
+                }
                 let mut p = [[_mm256_setzero_si256(); 8]; R];
                 for (j, blk) in g.chunks_exact(bb).enumerate() {
                     let (u, sq) = match T {
@@ -295,7 +327,7 @@ macro_rules! quant_kernels {
         }
 
         /// The [`RowsKern`](crate::op::cpu::quant::RowsKern) of a refined decode row (two
-        /// activation rows) over Q8_0/Q4_0/Q4_1 weights; false (nothing written) for other
+        /// activation rows) over Q8_0/Q4_0/Q4_1/Q4_K/Q6_K weights; false (nothing written) for other
         /// dtypes and row counts. Caller: the CPU has `$feat`.
         #[target_feature(enable = $feat)]
         pub(super) fn rows_pair(
@@ -311,16 +343,19 @@ macro_rules! quant_kernels {
                 (DType::Q8_0, 2) => rows_pair32::<0>(w, row_bytes, acts, out),
                 (DType::Q4_0, 2) => rows_pair32::<1>(w, row_bytes, acts, out),
                 (DType::Q4_1, 2) => rows_pair32::<2>(w, row_bytes, acts, out),
+                (DType::Q4_K, 2) => rows_pair_k::<4>(w, row_bytes, acts, out),
+                (DType::Q6_K, 2) => rows_pair_k::<6>(w, row_bytes, acts, out),
                 _ => return false,
             }
             true
         }
 
         /// The 8 six-bit scales and mins of a Q4_K block's 12 packed bytes (see
-        /// `scale_min_k4`), unpacked with ggml's 32-bit masks, as 8 i32 lanes each.
+        /// `scale_min_k4`), unpacked with ggml's 32-bit masks: byte `j` of each word is
+        /// sub-block `j`'s scale (first) and min (second).
         #[inline]
         #[target_feature(enable = $feat)]
-        fn scales_k4(q: &[u8]) -> (__m256i, __m256i) {
+        fn scales_k4(q: &[u8]) -> (u64, u64) {
             const K1: u32 = 0x3f3f_3f3f;
             const K2: u32 = 0x0f0f_0f0f;
             const K3: u32 = 0x0303_0303;
@@ -328,59 +363,103 @@ macro_rules! quant_kernels {
             let (u0, u1, u2) = (u(0), u(1), u(2));
             let sc = [u0 & K1, (u2 & K2) | (((u0 >> 6) & K3) << 4)];
             let mn = [u1 & K1, ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4)];
-            let lanes = |v: [u32; 2]| {
-                _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((u64::from(v[0]) | (u64::from(v[1]) << 32)) as i64))
-            };
-            (lanes(sc), lanes(mn))
+            let word = |v: [u32; 2]| u64::from(v[0]) | (u64::from(v[1]) << 32);
+            (word(sc), word(mn))
         }
 
+        /// A `vpshufb` mask that broadcasts i16 lane `lo` of each 128-bit half to the low half
+        /// and lane `hi` to the high half.
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub(super) fn q4_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-            assert!(acts.len() == R && out.len() == R, "the dispatcher passes R rows");
+        fn lanes16(lo: i16, hi: i16) -> __m256i {
+            let pair = |j: i16| _mm_set1_epi16(((2 * j + 1) << 8) | (2 * j));
+            _mm256_set_m128i(pair(hi), pair(lo))
+        }
+
+        /// Q4_K weights against `R` 256-block activation rows: per row a vector whose lanes
+        /// sum to the dot. Per 32 values one `vpmaddubsw` (nibble × activation pairs in i16:
+        /// at most 2·15·127) and one [`dot16`] with the sub-block's scale in every i16 lane
+        /// (i32 sums, no horizontal reduction); the mins through the activation sums; one f32
+        /// FMA per block for each.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn dot_q4_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>]) -> [__m256; R] {
+            let nb = w.len() / 144;
+            assert!(acts.len() == R && w.len() == 144 * nb, "the driver passes R rows, whole blocks");
+            for a in acts {
+                assert!(a.qs.len() >= 256 * nb && a.d.len() >= nb && a.ds.len() >= 16 * nb, "rows hold nb blocks");
+            }
             let mut acc = [_mm256_setzero_ps(); R];
             let m4 = _mm256_set1_epi8(0x0f);
+            let pf = crate::op::cpu::tuning::Knob::QuantPrefetchBytes.get();
             for (b, blk) in w.chunks_exact(144).enumerate() {
-                let (dw, dmin) = (f16le(blk, 0), f16le(blk, 2));
+                prefetch::<3>(blk, pf);
+                let dm = f16x2(blk); // [d, dmin, 0, 0]
                 let (sc, mn) = scales_k4(&blk[4..16]);
-                // Sub-block j (32 values): the low (even j) or high (odd j) nibbles of 32 bytes.
-                let mut u = [_mm256_setzero_si256(); 8];
-                for c in 0..4 {
-                    let x = ld(&blk[16 + 32 * c..]);
-                    u[2 * c] = _mm256_and_si256(x, m4);
-                    u[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(x), m4);
+                // The 8 scales as i16 in both halves; the mins twice each (one per 16-value sum).
+                let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+                // dmin · min_j twice each (once per 16-value sum), as f32.
+                let mn8 = _mm_cvtsi64_si128(mn as i64);
+                let mn8 = _mm_unpacklo_epi8(mn8, mn8);
+                let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+                let mn_lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)), dmin);
+                let mn_hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(mn8))), dmin);
+                let mut isum = [[_mm256_setzero_si256(); 2]; R];
+                // This block's activations per row (a plain loop: `from_fn`'s closure is not
+                // inlined into a target-feature function).
+                let mut qs: [&[i8]; R] = [&[]; R];
+                for r in 0..R {
+                    qs[r] = &acts[r].qs[256 * b..256 * b + 256];
                 }
+                for c in 0..4 {
+                    // Sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles) of 32 bytes.
+                    let x = ld(&blk[16 + 32 * c..]);
+                    let (lo, hi) = (_mm256_and_si256(x, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(x), m4));
+                    let j = 2 * c as i16;
+                    let (s_lo, s_hi) =
+                        (_mm256_shuffle_epi8(sc16, lanes16(j, j)), _mm256_shuffle_epi8(sc16, lanes16(j + 1, j + 1)));
+                    for r in 0..R {
+                        let q = &qs[r][64 * c..];
+                        isum[r][0] = dot16(isum[r][0], _mm256_maddubs_epi16(lo, ld_i8(q)), s_lo);
+                        isum[r][1] = dot16(isum[r][1], _mm256_maddubs_epi16(hi, ld_i8(&q[32..])), s_hi);
+                    }
+                }
+                let dw = _mm_cvtss_f32(dm);
                 for r in 0..R {
                     let a = &acts[r];
-                    let q = &a.qs[256 * b..256 * b + 256];
-                    let mut p = [_mm256_setzero_si256(); 8];
-                    for j in 0..8 {
-                        p[j] = mul_sum(u[j], ld_i8(&q[32 * j..]));
-                    }
-                    // Lane j: scale_j · Σ q·a over sub-block j.
-                    let sumi = _mm256_mullo_epi32(reduce8(&p), sc);
-                    // Lane j: min_j · (sum_2j + sum_2j+1); hadd leaves the pairs as 0 1 4 5 | 2 3 6 7.
-                    let (s_lo, s_hi) = ld_sums(&a.sums[16 * b..]);
-                    let pairs = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(s_lo, s_hi));
-                    let summ = _mm256_mullo_epi32(pairs, mn);
-                    let acc_r = fma_i32(sumi, dw * a.d[b], acc[r]);
-                    acc[r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(summ), _mm256_set1_ps(dmin * a.d[b]), acc_r);
+                    // Lanes sum to Σ_j dmin·min_j · d_a·(sum_2j + sum_2j+1), from `ds`.
+                    let (s_lo, s_hi) = ld_f32x16(&a.ds[16 * b..]);
+                    let acc_r = _mm256_fnmadd_ps(mn_hi, s_hi, _mm256_fnmadd_ps(mn_lo, s_lo, acc[r]));
+                    let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(isum[r][0], isum[r][1]));
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_set1_ps(dw * a.d[b]), acc_r);
                 }
             }
-            for r in 0..R {
-                out[r] = hsum(acc[r]);
-            }
+            acc
         }
 
+        /// Q6_K weights against `R` 256-block activation rows, as [`dot_q4_k`]: 6-bit values
+        /// (at most 2·63·127 per i16 pair) times the signed 16-value group scales in i16 lanes;
+        /// the offset 32 through the activation sums.
+        #[inline]
         #[target_feature(enable = $feat)]
-        pub(super) fn q6_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-            assert!(acts.len() == R && out.len() == R, "the dispatcher passes R rows");
+        fn dot_q6_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>]) -> [__m256; R] {
+            let nb = w.len() / 210;
+            assert!(acts.len() == R && w.len() == 210 * nb, "the driver passes R rows, whole blocks");
+            for a in acts {
+                assert!(a.qs.len() >= 256 * nb && a.d.len() >= nb && a.ds.len() >= 16 * nb, "rows hold nb blocks");
+            }
             let mut acc = [_mm256_setzero_ps(); R];
             let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+            let pf = crate::op::cpu::tuning::Knob::QuantPrefetchBytes.get();
             for (b, blk) in w.chunks_exact(210).enumerate() {
+                prefetch::<4>(blk, pf);
                 let dw = f16le(blk, 208);
-                let sc: [i32; 16] = std::array::from_fn(|g| i32::from(blk[192 + g] as i8));
-                let mut sumi = [_mm256_setzero_si256(); R];
+                let scales = &blk[192..208];
+                let mut isum = [[_mm256_setzero_si256(); 2]; R];
                 for h in 0..2 {
+                    // SAFETY: `scales[8 * h..]` has 8 readable bytes (16 in all).
+                    let sc8 = unsafe { _mm_loadl_epi64(scales[8 * h..8 * h + 8].as_ptr().cast()) };
+                    let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8)); // groups 8h..8h+8
                     // 128 elements: 4 runs of 32, each low/high nibbles of ql plus 2 bits of qh.
                     let (ql0, ql1, qh) = (ld(&blk[64 * h..]), ld(&blk[64 * h + 32..]), ld(&blk[128 + 32 * h..]));
                     let e = [
@@ -396,33 +475,59 @@ macro_rules! quant_kernels {
                         ),
                     ];
                     for (t, e) in e.into_iter().enumerate() {
-                        // Lanes 0..4 cover scale group g, lanes 4..8 group g + 1.
-                        let g = 8 * h + 2 * t;
-                        let s = _mm256_set_m128i(_mm_set1_epi32(sc[g + 1]), _mm_set1_epi32(sc[g]));
+                        // Values 0..16 of the run are group 8h + 2t, values 16..32 the next one.
+                        let s = _mm256_shuffle_epi8(sc16, lanes16(2 * t as i16, 2 * t as i16 + 1));
                         for r in 0..R {
-                            let p = mul_sum(e, ld_i8(&acts[r].qs[256 * b + 128 * h + 32 * t..]));
-                            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_mullo_epi32(p, s));
+                            let q = &acts[r].qs[256 * b + 128 * h + 32 * t..];
+                            isum[r][t & 1] = dot16(isum[r][t & 1], _mm256_maddubs_epi16(e, ld_i8(q)), s);
                         }
                     }
                 }
-                // SAFETY: `blk` is a whole 210-byte block: bytes 192..208 are the 16 scales.
+                // SAFETY: `scales` is 16 bytes: two 8-byte loads.
                 let (sc_lo, sc_hi) = unsafe {
                     (
-                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk[192..200].as_ptr().cast())),
-                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(blk[200..208].as_ptr().cast())),
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(scales[..8].as_ptr().cast())),
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(scales[8..].as_ptr().cast())),
                     )
                 };
+                // 32·d·sc_g as f32: Σ_g sc_g · Σ (q - 32)·a = Σ_g sc_g · Σ q·a - 32 · Σ_g sc_g · sum_g.
+                let d32 = _mm256_set1_ps(32.0 * dw);
+                let (off_lo, off_hi) =
+                    (_mm256_mul_ps(_mm256_cvtepi32_ps(sc_lo), d32), _mm256_mul_ps(_mm256_cvtepi32_ps(sc_hi), d32));
                 for r in 0..R {
                     let a = &acts[r];
-                    // Σ_g sc_g · Σ (q - 32)·a = Σ_g sc_g · Σ q·a - 32 · Σ_g sc_g · sum_g (in lanes).
-                    let (s_lo, s_hi) = ld_sums(&a.sums[16 * b..]);
-                    let off = _mm256_add_epi32(_mm256_mullo_epi32(sc_lo, s_lo), _mm256_mullo_epi32(sc_hi, s_hi));
-                    let sumi = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32::<5>(off));
-                    acc[r] = fma_i32(sumi, dw * a.d[b], acc[r]);
+                    let (s_lo, s_hi) = ld_f32x16(&a.ds[16 * b..]); // d_a · sum_g
+                    let acc_r = _mm256_fnmadd_ps(off_hi, s_hi, _mm256_fnmadd_ps(off_lo, s_lo, acc[r]));
+                    acc[r] = fma_i32(_mm256_add_epi32(isum[r][0], isum[r][1]), dw * a.d[b], acc_r);
                 }
             }
+            acc
+        }
+
+        #[target_feature(enable = $feat)]
+        pub(super) fn q4_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+            assert!(out.len() == R, "the dispatcher passes R outputs");
+            let v = dot_q4_k::<R>(w, acts);
             for r in 0..R {
-                out[r] = hsum(acc[r]);
+                out[r] = hsum(v[r]);
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        pub(super) fn q6_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+            assert!(out.len() == R, "the dispatcher passes R outputs");
+            let v = dot_q6_k::<R>(w, acts);
+            for r in 0..R {
+                out[r] = hsum(v[r]);
+            }
+        }
+
+        /// [`rows_pair32`] for the 256-block types (`K = 4`: Q4_K, `K = 6`: Q6_K).
+        #[target_feature(enable = $feat)]
+        fn rows_pair_k<const K: u8>(w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
+            for (o, wr) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {
+                let v = if K == 4 { dot_q4_k::<2>(wr, acts) } else { dot_q6_k::<2>(wr, acts) };
+                *o = hsum(_mm256_add_ps(v[0], v[1]));
             }
         }
 
