@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Quantized CPU comparison on the real SmolLM2-135M-Instruct Q4_1 GGUF (scripts/fetch_smollm2.sh):
+# Quantized CPU comparison on the real SmolLM2-135M-Instruct Q4_1 GGUF (scripts/fetch_smollm2.sh),
+# or on the GGUF named by MODEL (e.g. a Llama-3.2-1B-shaped one from `infer-cli quantize`):
 # RustInfer (`infer-cli generate --json`) against llama.cpp (`llama-bench`) on the same file, in
 # paired rounds that alternate which engine runs first: decode (TOKENS tokens after a short prompt)
 # and prefill (a prompt of PROMPT tokens).
 #   scripts/bench_cpu_quant.sh [LLAMA_CPP_DIR]    env: ROUNDS (8), TOKENS (128), PROMPT (512), THREADS (nproc),
+#                                                  MODEL (default: SmolLM2), TITLE (plot title),
 #                                                  PLOT (default test_images/cpu_quant_bench.png; empty: none)
 # Prints every round, the medians and the median of the per-round ratios, and draws their bar chart.
 set -euo pipefail
@@ -12,10 +14,12 @@ llama=${1:-/opt/peers/llama-cpu}
 threads=${THREADS:-$(nproc)}
 tokens=${TOKENS:-128}
 prompt_len=${PROMPT:-512}
-model=$(bash scripts/fetch_smollm2.sh)
+model=${MODEL:-$(bash scripts/fetch_smollm2.sh)}
+title=${TITLE:-SmolLM2-135M-Instruct Q4_1 GGUF}
 cargo build --release -p infer-cli 2>/dev/null
 cli=target/release/infer-cli
-# "hello world" is two tokens in SmolLM2's vocabulary: PROMPT tokens with the ones the CLI adds.
+# "hello world" is two tokens in SmolLM2's and Llama 3's vocabularies: PROMPT tokens with the ones
+# the CLI adds.
 long=$(python3 -c "print(' '.join(['hello world'] * ($prompt_len // 2)))")
 ours() { # $1: prompt, $2: max tokens, $3: json field
   RAYON_NUM_THREADS=$threads "$cli" generate --model "$model" --prompt "$1" --max-tokens "$2" --ignore-eos \
@@ -40,7 +44,7 @@ for r in $(seq "${ROUNDS:-8}"); do
 done
 printf '%s\n' "${rows[@]}" | python3 -c '
 import statistics, sys
-png, threads, tokens, plen = sys.argv[1:5]
+png, threads, tokens, plen, title = sys.argv[1:6]
 rows = [tuple(map(float, l.split())) for l in sys.stdin if l.strip()]
 med = {}
 for name, i in (("decode", 0), ("prefill", 2)):
@@ -60,7 +64,7 @@ if png:
         ax.bar_label(bars, fmt="%.0f")
         ax.set_title(f"{label}: {r:.2f}x")
         ax.set_ylabel("tok/s")
-    fig.suptitle(f"SmolLM2-135M-Instruct Q4_1 GGUF, CPU, {threads} threads (medians of {len(rows)} paired rounds)")
+    fig.suptitle(f"{title}, CPU, {threads} threads (medians of {len(rows)} paired rounds)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    print(f"plot: {png}")' "${PLOT-test_images/cpu_quant_bench.png}" "$threads" "$tokens" "$prompt_len"
+    print(f"plot: {png}")' "${PLOT-test_images/cpu_quant_bench.png}" "$threads" "$tokens" "$prompt_len" "$title"

@@ -52,6 +52,10 @@ pub struct ModelArgs {
     /// bf16-rounded dequantized weights (quantized weights, prefills of 32+ tokens).
     #[arg(long)]
     pub precise: bool,
+    /// CPU: keep Q4_K matrices in the file's layout instead of interleaving them by 8 rows for
+    /// the decode kernels at load (llama.cpp's `--repack 0`; saves the copy's memory).
+    #[arg(long)]
+    pub no_repack: bool,
     /// Split the model over N ranks (Megatron-style tensor parallelism): N threads on the CPU;
     /// with `--device cuda[:K]` the GPUs K..K+N-1, through NCCL (a `--features infer-core/nccl` build).
     #[arg(long, value_name = "N", default_value_t = 1,

@@ -40,7 +40,13 @@ pub(crate) fn load(m: &ModelArgs) -> infer_core::Result<Llama3> {
 
 /// [`load`] with an explicit CPU matmul precision.
 pub(crate) fn load_with(m: &ModelArgs, precision: Precision) -> infer_core::Result<Llama3> {
-    let opts = LoadOptions { device: m.device, context_length: m.context_length, progress: !m.no_progress, precision };
+    let opts = LoadOptions {
+        device: m.device,
+        context_length: m.context_length,
+        progress: !m.no_progress,
+        precision,
+        repack: !m.no_repack,
+    };
     match m.tensor_parallel {
         1 => Llama3::load(&m.model, opts),
         n => Llama3::load_tensor_parallel(&m.model, opts, n),

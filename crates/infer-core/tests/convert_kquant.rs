@@ -182,6 +182,28 @@ fn k_quants_without_fallback() {
             "{dtype}: weight rounding alone {wrel:.3e} (top-1 {wtop1:.3}), activation rounding {arel:.3e} (top-1 {atop1:.3})"
         );
         assert!(rel < max_rel && top1 >= min_top1, "{dtype}: error {rel:e}, top-1 {top1}");
+        if dtype == DType::Q4_K {
+            // Loading interleaves Q4_K by 8 rows (where the CPU has the x86 kernels) unless
+            // told not to: the logits of 200 rows (dequantizing prefill: the same weights, equal),
+            // 5 rows (two activations per weight pass) and 1 (decode) track the file's layout to
+            // f32 summation order (the Q4_K mins cancel most of each dot, so that order shows at
+            // ~1e-4 after two layers; the activations' own rounding above is 5e-3).
+            let interleaved = infer_core::op::cpu::quant::interleaved_kernels();
+            let layout = m.weights().layers[0].o_proj.dtype();
+            assert_eq!(layout, if interleaved { DType::Q4_Kx8 } else { DType::Q4_K });
+            let opts =
+                LoadOptions { context_length: Some(256), progress: false, repack: false, ..LoadOptions::default() };
+            let mut plain = Llama3::load(&path, opts).unwrap();
+            assert_eq!(plain.weights().layers[0].o_proj.dtype(), DType::Q4_K);
+            assert_eq!(plain.forward_tokens(&ids, 0, true).unwrap().as_f32().unwrap(), &got[..]);
+            for n in [5, 1] {
+                let a = m.forward_tokens(&ids[..n], 0, true).unwrap().as_f32().unwrap().to_vec();
+                let b = plain.forward_tokens(&ids[..n], 0, true).unwrap().as_f32().unwrap().to_vec();
+                let (rel, top1) = compare(&b, &a);
+                println!("{n} rows: interleaved vs file layout: RMS relative {rel:.3e}, top-1 {top1:.3}");
+                assert!(rel < 1e-3 && top1 == 1.0, "{n} rows: {rel:e}, top-1 {top1}");
+            }
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

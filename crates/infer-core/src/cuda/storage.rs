@@ -78,6 +78,12 @@ impl CudaStorage {
     /// The first `n` elements copied back to host storage (synchronises the stream).
     /// Uploads whole blocks of a quantized host tensor unchanged.
     pub fn upload_quant(dev: &Arc<CudaDevice>, dtype: DType, bytes: &[u8]) -> Result<Self> {
+        if dtype == DType::Q4_Kx8 {
+            // The CPU's interleaved layout: the GPU kernels read GGUF blocks.
+            return Err(Error::InvalidArgument(
+                "q4_k_x8 (CPU-interleaved Q4_K) cannot be uploaded: load the model for the GPU from its file".into(),
+            ));
+        }
         let data = dev.stream.clone_htod(bytes).map_err(|e| driver_err("upload", e))?;
         Ok(CudaStorage { data: CudaData::Quant(dtype, data), dev: dev.clone() })
     }

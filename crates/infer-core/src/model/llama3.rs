@@ -57,11 +57,22 @@ pub struct LoadOptions {
     /// CPU matmul precision: [`Precision::Fast`] (default) rounds activations to bf16 for bf16
     /// weights on CPUs with AVX512_BF16, as llama.cpp does; [`Precision::Exact`] keeps them f32.
     pub precision: Precision,
+    /// CPU with [`Precision::Fast`]: copy Q4_K matrices into the 8-row interleaved layout that
+    /// the decode kernels read fastest (`tensor::repack`; llama.cpp's `--repack`, also on by
+    /// default). Costs the copy's memory (the mapped Q4_K pages are then not read) and, for a
+    /// tied LM head, a second copy of that matrix.
+    pub repack: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: DeviceType::Cpu, context_length: None, progress: true, precision: Precision::default() }
+        LoadOptions {
+            device: DeviceType::Cpu,
+            context_length: None,
+            progress: true,
+            precision: Precision::default(),
+            repack: true,
+        }
     }
 }
 
@@ -294,6 +305,11 @@ impl Llama3 {
             if let Some(s) = &store {
                 s.prefault(&mut |n| bar.inc(n));
             }
+            let mut weights = weights;
+            if opts.repack && opts.precision == Precision::Fast && crate::op::cpu::quant::interleaved_kernels() {
+                // Tensor-parallel ranks keep a tied head as it is (their embedding is not sharded).
+                super::cpu_repack::repack_weights(&mut weights, tp.is_none())?;
+            }
             (weights, store)
         } else {
             #[cfg(feature = "cuda")]
@@ -361,6 +377,12 @@ impl Llama3 {
     /// The CPU matmul precision chosen at load time.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The weights as placed on the device (on the CPU: Q4_K projections interleaved as
+    /// [`DType::Q4_Kx8`](crate::tensor::DType::Q4_Kx8) when [`LoadOptions::repack`] applied).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
     }
 
     pub fn hf_tokenizer(&self) -> &HfTokenizer {

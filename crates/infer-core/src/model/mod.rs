@@ -5,6 +5,7 @@ pub mod batch;
 mod batch_graph;
 pub mod chat;
 pub mod config;
+mod cpu_repack;
 pub mod detokenizer;
 pub mod generate;
 pub mod gguf;

@@ -23,10 +23,14 @@ pub enum DType {
     Q4_K,
     /// 256 elements: 128 bytes low 4 bits, 64 bytes high 2 bits, 16 × i8 scales, f16 d.
     Q6_K,
+    /// Q4_K rows interleaved by eights, scales decoded (148 bytes per row and 256 values): the
+    /// CPU decode layout that loading makes of Q4_K matrices (`tensor::repack`). Never in a
+    /// file; tensors hold whole groups of 8 rows.
+    Q4_Kx8,
 }
 
 impl DType {
-    /// Every dtype, floats first.
+    /// Every dtype a file can hold, floats first (not [`DType::Q4_Kx8`]).
     pub const ALL: [DType; 8] =
         [DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q4_K, DType::Q6_K];
 
@@ -41,7 +45,7 @@ impl DType {
         match self {
             DType::F32 | DType::BF16 | DType::F16 => 1,
             DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
-            DType::Q4_K | DType::Q6_K => 256,
+            DType::Q4_K | DType::Q6_K | DType::Q4_Kx8 => 256,
         }
     }
 
@@ -55,6 +59,7 @@ impl DType {
             DType::Q4_1 => 20,
             DType::Q4_K => 144,
             DType::Q6_K => 210,
+            DType::Q4_Kx8 => 148,
         }
     }
 
@@ -72,7 +77,8 @@ impl DType {
         bytes / self.block_bytes() * self.block_size()
     }
 
-    /// The `ggml_type` number GGUF files use for this dtype.
+    /// The `ggml_type` number GGUF files use for this dtype (`u32::MAX`, no type, for the
+    /// in-memory [`DType::Q4_Kx8`]: files and devices take its rows unpacked to Q4_K).
     pub fn ggml_type(self) -> u32 {
         match self {
             DType::F32 => 0,
@@ -83,6 +89,7 @@ impl DType {
             DType::Q4_K => 12,
             DType::Q6_K => 14,
             DType::BF16 => 30,
+            DType::Q4_Kx8 => u32::MAX,
         }
     }
 
@@ -113,6 +120,7 @@ impl fmt::Display for DType {
             DType::Q4_1 => "q4_1",
             DType::Q4_K => "q4_k",
             DType::Q6_K => "q6_k",
+            DType::Q4_Kx8 => "q4_k_x8",
         })
     }
 }

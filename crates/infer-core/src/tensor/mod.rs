@@ -3,6 +3,7 @@
 mod dtype;
 pub mod quant;
 pub mod quantize;
+pub mod repack;
 #[allow(clippy::module_inception)]
 mod tensor;
 

@@ -15,6 +15,12 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Dequantizes whole blocks of `dtype` from `bytes` into `out` (`out.len()` elements).
 pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let (bs, bb) = (dtype.block_size(), dtype.block_bytes());
+    if dtype == DType::Q4_Kx8 {
+        return Err(Error::InvalidArgument(
+            "dequantize q4_k_x8: rows are interleaved, use tensor::repack::dequantize_rows (needs the row length)"
+                .into(),
+        ));
+    }
     if !dtype.is_quantized() || !out.len().is_multiple_of(bs) || out.len() / bs * bb != bytes.len() {
         return Err(Error::InvalidArgument(format!(
             "dequantize {dtype}: {} bytes do not hold {} elements as whole blocks",
@@ -29,7 +35,7 @@ pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
             DType::Q4_1 => block_q4_1(blk, o),
             DType::Q4_K => block_q4_k(blk, o),
             DType::Q6_K => block_q6_k(blk, o),
-            DType::F32 | DType::BF16 | DType::F16 => unreachable!("checked is_quantized above"),
+            DType::F32 | DType::BF16 | DType::F16 | DType::Q4_Kx8 => unreachable!("checked above"),
         }
     }
     Ok(())

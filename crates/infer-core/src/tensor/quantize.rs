@@ -35,6 +35,11 @@ pub fn quantize(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         DType::Q4_1 => block_q4_1,
         DType::Q4_K => block_q4_k,
         DType::Q6_K => block_q6_k,
+        DType::Q4_Kx8 => {
+            return Err(Error::InvalidArgument(
+                "quantize q4_k_x8: quantize to q4_k, then tensor::repack::repack_q4_k (needs the row length)".into(),
+            ));
+        }
         DType::F32 | DType::BF16 | DType::F16 => unreachable!("checked is_quantized above"),
     };
     src.par_chunks(bs * BLOCKS_PER_TASK).zip(dst.par_chunks_mut(bb * BLOCKS_PER_TASK)).for_each(|(x, y)| {

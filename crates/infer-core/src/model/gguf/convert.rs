@@ -83,7 +83,7 @@ pub fn file_type(dtype: DType) -> u32 {
         DType::Q4_0 => 2,
         DType::Q4_1 => 3,
         DType::Q8_0 => 7,
-        DType::Q4_K => 14, // MOSTLY_Q4_K_S: every matrix Q4_K
+        DType::Q4_K | DType::Q4_Kx8 => 14, // MOSTLY_Q4_K_S: every matrix Q4_K
         DType::Q6_K => 18,
         DType::BF16 => 32,
     }

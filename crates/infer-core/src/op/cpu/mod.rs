@@ -38,7 +38,7 @@ pub use vec::{axpy_f32, dot_f32, silu_mul_f32};
 
 use super::Precision;
 use crate::base::{Error, Result};
-use crate::tensor::TensorData;
+use crate::tensor::{DType, TensorData};
 use gemm::Out;
 use kernel::{Kernel, Scalar, Weight};
 
@@ -88,6 +88,13 @@ pub fn matmul_nt_cols(
     check_len("out", out.len(), m, ld)?;
     if col.checked_add(n).is_none_or(|end| end > ld) {
         return Err(Error::op("matmul", format!("columns {col}..{col}+{n} exceed the output's {ld}")));
+    }
+    // Interleaved Q4_K (`tensor::repack`): the fast paths read it in place (the integer kernels,
+    // the dequantizing prefill); the exact path takes its rows unpacked to Q4_K, a copy per call.
+    if let (TensorData::Quant(DType::Q4_Kx8, bytes), Precision::Exact) = (w, precision) {
+        let mut q4 = vec![0u8; bytes.len() / DType::Q4_Kx8.block_bytes() * DType::Q4_K.block_bytes()];
+        crate::tensor::repack::unpack_rows(bytes, k, &mut q4)?;
+        return matmul_nt_cols(x, TensorData::Quant(DType::Q4_K, &q4), out, ld, col, m, n, k, precision);
     }
     #[cfg(target_arch = "x86_64")]
     if let (TensorData::Quant(dtype, bytes), Precision::Fast, Some(rows)) = (w, precision, quant_prefill::applies(m)) {

@@ -19,6 +19,7 @@ use super::gemm::Out;
 use super::tuning::Knob;
 use crate::base::{Error, Result};
 use crate::tensor::quant::dequantize;
+use crate::tensor::repack::dequantize_rows;
 use crate::tensor::{DType, TensorData};
 
 /// Bytes of dequantized weight rows per GEMM call.
@@ -67,7 +68,9 @@ pub(super) fn matmul(
     // Dequantizes `dst.len() / k` rows from `src` into `dst` (f32); false on a length mismatch
     // (whole rows of whole blocks, checked above: cannot happen).
     let deq = |src: &[u8], dst: &mut [f32]| {
-        if dequantize(dtype, src, dst).is_err() {
+        // Interleaved Q4_K: tasks and blocks are whole groups of 8 rows (multiples of TASK_ROWS).
+        let res = if dtype == DType::Q4_Kx8 { dequantize_rows(src, k, dst) } else { dequantize(dtype, src, dst) };
+        if res.is_err() {
             failed.store(true, Ordering::Relaxed);
         }
     };

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActRow, Kern, RowsKern};
+use super::{ActRow, Kern, RowsKern, X8Kern};
 use crate::op::cpu::simd::{self, Isa};
 use crate::tensor::DType;
 
@@ -22,9 +22,16 @@ fn dot16(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
     _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
 }
 
+/// `acc +` [`mul_sum`]`(u, s)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, mul_sum(u, s))
+}
+
 mod k {
     use super::super::x86::dm8_scalar as dm8;
-    use super::{dot16, mul_sum};
+    use super::{dot16, dpbusd, mul_sum};
     super::super::x86::quant_kernels!("avx2,fma,f16c");
 }
 
@@ -47,5 +54,21 @@ fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: 
             return;
         }
     }
+    if dtype == DType::Q4_Kx8 {
+        return super::scalar::run_rows(dtype, w, row_bytes, acts, out); // not a refined pair
+    }
     super::rows_via(run, dtype, w, row_bytes, acts, out);
+}
+
+/// The interleaved-Q4_K kernel ([`X8Kern`]).
+pub(super) fn x8_kernel() -> Option<X8Kern> {
+    (simd::detected() >= Isa::Avx2).then_some(x8 as X8Kern)
+}
+
+fn x8(w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) -> bool {
+    if simd::detected() >= Isa::Avx2 {
+        // SAFETY: AVX2, FMA and F16C were detected at runtime just above.
+        return unsafe { k::rows_x8(w, row_bytes, acts, out) };
+    }
+    false
 }

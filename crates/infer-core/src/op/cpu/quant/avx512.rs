@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActRow, Kern, RowsKern};
+use super::{ActRow, Kern, RowsKern, X8Kern};
 use crate::op::cpu::simd;
 use crate::tensor::DType;
 
@@ -79,8 +79,15 @@ fn dot16(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
     _mm256_dpwssd_epi32(acc, p, s)
 }
 
+/// `acc +` [`mul_sum`]`(u, s)` in one `vpdpbusd`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, s)
+}
+
 mod k {
-    use super::{dm8, dot16, mul_sum};
+    use super::{dm8, dot16, dpbusd, mul_sum};
     super::super::x86::quant_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 }
 
@@ -105,5 +112,22 @@ fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: 
             return;
         }
     }
+    if dtype == DType::Q4_Kx8 {
+        return super::scalar::run_rows(dtype, w, row_bytes, acts, out); // not a refined pair
+    }
     super::rows_via(run, dtype, w, row_bytes, acts, out);
+}
+
+/// The interleaved-Q4_K kernel ([`X8Kern`]).
+pub(super) fn x8_kernel() -> Option<X8Kern> {
+    (simd::has_avx512_vnni()).then_some(x8 as X8Kern)
+}
+
+fn x8(w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) -> bool {
+    if simd::has_avx512_vnni() {
+        // SAFETY: AVX-512 F/BW/VL, AVX512_VNNI, AVX2, FMA and F16C were detected at runtime
+        // (`has_avx512_vnni` implies the detected Isa::Avx512, which includes AVX2/FMA/F16C).
+        return unsafe { k::rows_x8(w, row_bytes, acts, out) };
+    }
+    false
 }

@@ -20,8 +20,10 @@ pub(crate) fn matvec_parts(isa: Isa, parts: &[(DType, &[u8])], x: &[f32], out: &
         let Some(rb) = dtype.bytes_for(k).filter(|&rb| dtype.is_quantized() && rb > 0) else {
             return bad(format!("{dtype} weight rows of {k} elements are not whole blocks"));
         };
-        if w.len() % rb != 0 {
-            return bad(format!("{dtype} weights of {} bytes are not whole rows of {rb}", w.len()));
+        // Q4_Kx8 matrices hold whole groups of 8 rows (`tensor::repack`).
+        let unit = if dtype == DType::Q4_Kx8 { rb * crate::tensor::repack::GROUP } else { rb };
+        if w.len() % unit != 0 {
+            return bad(format!("{dtype} weights of {} bytes are not whole rows (groups) of {unit}", w.len()));
         }
         layout.push((dtype, w, rb, total));
         total += w.len() / rb;
@@ -44,6 +46,13 @@ pub(crate) fn matvec_parts(isa: Isa, parts: &[(DType, &[u8])], x: &[f32], out: &
     } else {
         total.div_ceil(per_thread * threads).max(1)
     };
+    // Tasks start on group boundaries when a part is interleaved (every part's rows then are
+    // whole groups too, or the group kernel's rows would straddle tasks).
+    let grouped = layout.iter().any(|p| p.0 == DType::Q4_Kx8);
+    if grouped && layout.iter().any(|p| (p.1.len() / p.2) % crate::tensor::repack::GROUP != 0) {
+        return bad("q4_k_x8 with other parts whose row counts are not multiples of 8".into());
+    }
+    let per_task = if grouped { per_task.next_multiple_of(crate::tensor::repack::GROUP) } else { per_task };
     let run_rows = rows_kernel(isa);
     let mut outs: Vec<&mut [f32]> = out.chunks_mut(per_task).collect();
     crate::op::cpu::pool::for_each_mut(&mut outs, |t, o| {

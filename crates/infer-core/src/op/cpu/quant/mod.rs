@@ -53,6 +53,11 @@ pub(crate) type Kern = fn(DType, &[u8], &[ActRow<'_>], &mut [f32]);
 /// of row `j`'s dots (decode: a row and its refinement residual, which add up to the dot).
 pub(crate) type RowsKern = fn(DType, &[u8], usize, &[ActRow<'_>], &mut [f32]);
 
+/// Whole groups of 8 interleaved Q4_K rows ([`DType::Q4_Kx8`], `row_bytes` per row) against 1
+/// or 2 refined activations (2 or 4 rows: value and residual of each): `out[P·j + p]` = weight
+/// row `j` dotted with activation `p`. False (nothing written) for other activation counts.
+pub(crate) type X8Kern = fn(&[u8], usize, &[ActRow<'_>], &mut [f32]) -> bool;
+
 /// One quantized activation row: `qs` (k values), `d` (one scale per block), `sums` (the sum
 /// of `qs` per 32-block for the 32-element format, per 16 values for the 256-element one) and
 /// `ds = d · sum` per entry of `sums` (the mins and offsets of the weights multiply these).
@@ -263,6 +268,73 @@ fn rows_via(kern: Kern, dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow
     }
 }
 
+/// The interleaved-Q4_K kernel of the family [`family`] picks on `isa` (none: portable).
+fn x8_kernel(isa: Isa) -> Option<X8Kern> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa >= Isa::Avx512
+            && let Some(k) = avx512::x8_kernel()
+        {
+            return Some(k);
+        }
+        if isa >= Isa::Avx2 {
+            return avx2::x8_kernel();
+        }
+    }
+    let _ = isa;
+    None
+}
+
+/// [`matmul_fast`] of 2+ activation rows on interleaved Q4_K: tasks of up to 8 groups (64
+/// weight rows, in L2), each streamed past two activations at a time ([`X8Kern`]); without
+/// an x86 family the rows are unpacked to Q4_K (a copy) and go the Q4_K way.
+#[allow(clippy::too_many_arguments)]
+fn matmul_x8(isa: Isa, w: &[u8], x: &[f32], out: &mut [f32], m: usize, n: usize, k: usize, rb: usize) -> Result<()> {
+    use crate::tensor::repack::{GROUP, unpack_rows};
+    let Some(kern) = x8_kernel(isa) else {
+        let mut q4 = vec![0u8; n * k / 256 * 144];
+        unpack_rows(w, k, &mut q4)?;
+        return matmul_fast(isa, DType::Q4_K, &q4, x, out, m, n, k);
+    };
+    if !n.is_multiple_of(GROUP) {
+        return Err(Error::op("matmul", format!("q4_k_x8 weights of {n} rows are not whole groups of {GROUP}")));
+    }
+    let acts = QActs::quantize_refined(x, k, 256);
+    let rows: Vec<ActRow<'_>> = (0..2 * m).map(|i| acts.row(i)).collect();
+    let per_task = (n / GROUP / (4 * rayon::current_num_threads())).clamp(1, 8) * GROUP;
+    let mut cols = vec![0.0f32; n * m]; // [n, m]
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    cols.par_chunks_mut(per_task * m).zip(w.par_chunks(per_task * rb)).for_each(|(c, w)| {
+        let nr = c.len() / m;
+        let mut buf = vec![0.0f32; 2 * nr];
+        for (t, pair) in rows.chunks(4).enumerate() {
+            let p = pair.len() / 2; // activations in this call
+            if !kern(w, rb, pair, &mut buf[..p * nr]) {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed); // cannot happen: 2 or 4 rows
+            }
+            for (j, v) in buf[..p * nr].chunks_exact(p).enumerate() {
+                c[j * m + 2 * t..j * m + 2 * t + p].copy_from_slice(v);
+            }
+        }
+    });
+    if failed.into_inner() {
+        return Err(Error::op("matmul", "q4_k_x8 kernel refused its activation rows".to_string()));
+    }
+    for (j, c) in cols.chunks_exact(m).enumerate() {
+        for (i, v) in c.iter().enumerate() {
+            out[i * n + j] = *v;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the active kernel family reads [`DType::Q4_Kx8`] (interleaved Q4_K) in place, so
+/// that loading should interleave Q4_K matrices: the x86 families (the portable one unpacks
+/// each group back to Q4_K rows, slower than reading Q4_K).
+pub fn interleaved_kernels() -> bool {
+    kernel_name(super::simd::active()) != "scalar"
+}
+
 /// Name of the integer-dot family [`kernel`] picks on `isa`: `"avx512vnni"`, `"avx2"` or
 /// `"scalar"`.
 pub fn kernel_name(isa: Isa) -> &'static str {
@@ -314,6 +386,9 @@ pub(crate) fn matmul_fast(
     if m == 1 {
         // Decode: quantized once, one row-range kernel call per task (see `matvec`).
         return matvec_parts(isa, &[(dtype, w)], x, out);
+    }
+    if dtype == DType::Q4_Kx8 {
+        return matmul_x8(isa, w, x, out, m, n, k, row_bytes);
     }
     let kern = kernel(isa);
     // Rows 2i, 2i + 1: value and residual of activation row i (module docs).

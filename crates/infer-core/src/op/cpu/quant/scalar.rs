@@ -16,13 +16,28 @@ pub(super) fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) 
         DType::Q4_1 => q4_1(w, acts, out),
         DType::Q4_K => q4_k(w, acts, out),
         DType::Q6_K => q6_k(w, acts, out),
+        // One row of interleaved groups does not exist: the drivers send Q4_Kx8 only to the
+        // row-range kernels (`run_rows`). NaN makes a wrong route visible in any result.
+        DType::Q4_Kx8 => out.fill(f32::NAN),
         DType::F32 | DType::BF16 | DType::F16 => {}
     }
 }
 
-/// [`RowsKern`](super::RowsKern) over [`run`].
+/// [`RowsKern`](super::RowsKern) over [`run`]; Q4_Kx8 groups are unpacked to Q4_K rows first.
 pub(super) fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
-    super::rows_via(run, dtype, w, row_bytes, acts, out);
+    if dtype != DType::Q4_Kx8 {
+        return super::rows_via(run, dtype, w, row_bytes, acts, out);
+    }
+    use crate::tensor::repack::{GROUP, unpack_rows};
+    let (k, q4_row) = (row_bytes / 148 * 256, row_bytes / 148 * 144);
+    let mut rows = vec![0u8; GROUP * q4_row];
+    for (grp, o) in w.chunks_exact(GROUP * row_bytes).zip(out.chunks_mut(GROUP)) {
+        if unpack_rows(grp, k, &mut rows).is_err() {
+            o.fill(f32::NAN); // cannot happen: a whole group of whole blocks, sized above
+            continue;
+        }
+        super::rows_via(run, DType::Q4_K, &rows, q4_row, acts, o);
+    }
 }
 
 #[inline]

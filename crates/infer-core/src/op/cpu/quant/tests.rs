@@ -246,9 +246,13 @@ fn matvec_throughput() {
     let types = std::env::var("AB_TYPES").unwrap_or_default();
     let k = 2048;
     let x = acts(1, k, 5);
-    for dtype in TYPES.into_iter().filter(|t| types.is_empty() || types.split(',').any(|n| n == t.to_string())) {
+    let all = TYPES.into_iter().chain([DType::Q4_Kx8]);
+    for dtype in all.filter(|t| types.is_empty() || types.split(',').any(|n| n == t.to_string())) {
         let rb = dtype.bytes_for(k).unwrap();
-        let row: Vec<u8> = weights(dtype, 64, k, 9).0;
+        let row: Vec<u8> = match dtype {
+            DType::Q4_Kx8 => crate::tensor::repack::repack_q4_k(&weights(DType::Q4_K, 64, k, 9).0, k).unwrap(),
+            _ => weights(dtype, 64, k, 9).0,
+        };
         for (label, bytes) in [("hot", 512 << 10), ("cold", 256 << 20)] {
             let n = bytes / rb / 64 * 64;
             let w: Vec<u8> = row.iter().copied().cycle().take(n * rb).collect();
@@ -279,4 +283,74 @@ fn matvec_throughput() {
     if let Some(knob) = knob {
         knob.set(knob.default_value());
     }
+}
+
+#[test]
+fn interleaved_q4_k_matches_q4_k_on_every_route() {
+    use crate::op::Precision;
+    use crate::op::cpu::matmul_nt_cols;
+    use crate::tensor::TensorData;
+    use crate::tensor::repack::repack_q4_k;
+    let (n, k) = (40, 768);
+    let (q4, wf) = weights(DType::Q4_K, n, k, 77);
+    let x8 = repack_q4_k(&q4, k).unwrap();
+    // Decode: the group kernel on every ISA (and the portable unpacking one) against the
+    // row kernel on the same refined activations, alone and next to other parts.
+    let x = acts(1, k, 3);
+    let (q6, _) = weights(DType::Q6_K, 16, k, 78);
+    for isa in simd::available() {
+        for parts in [vec![(DType::Q4_K, &q4[..])], vec![(DType::Q6_K, &q6[..]), (DType::Q4_K, &q4[..])]] {
+            let mut want = vec![0.0; parts.iter().map(|p| p.1.len() / p.0.bytes_for(k).unwrap()).sum()];
+            matvec_parts(isa, &parts, &x, &mut want).unwrap();
+            let swapped: Vec<(DType, &[u8])> =
+                parts.iter().map(|&(t, w)| if t == DType::Q4_K { (DType::Q4_Kx8, &x8[..]) } else { (t, w) }).collect();
+            let mut got = vec![f32::NAN; want.len()];
+            matvec_parts(isa, &swapped, &x, &mut got).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{} [{i}]: {g} vs {w}", kernel_name(isa));
+            }
+        }
+    }
+    // A few rows (prefill chunks, batched decode): two activations per weight pass and one.
+    for m in [2, 3, 5] {
+        let x = acts(m, k, 11 + m as u64);
+        let (_, scale) = reference(&x, &wf, m, n, k); // Σ|x·w|: the f32 summation-order scale
+        for isa in simd::available() {
+            let (mut want, mut got) = (vec![0.0; m * n], vec![f32::NAN; m * n]);
+            matmul_fast(isa, DType::Q4_K, &q4, &x, &mut want, m, n, k).unwrap();
+            matmul_fast(isa, DType::Q4_Kx8, &x8, &x, &mut got, m, n, k).unwrap();
+            for (i, ((g, w), s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+                let err = f64::from((g - w).abs());
+                assert!(err <= 1e-6 * s, "{} m={m} [{i}]: {g} vs {w} (scale {s})", kernel_name(isa));
+            }
+        }
+    }
+    // Other row counts and precisions through the matmul entry: the exact path (rows unpacked)
+    // equals Q4_K's; the fast path stays within bf16 rounding of f64 on the exact weights.
+    for m in [1, 5, 33] {
+        let x = acts(m, k, 4 + m as u64);
+        let (want, scale) = reference(&x, &wf, m, n, k);
+        let mut exact = vec![0.0; m * n];
+        matmul_nt_cols(&x, TensorData::Quant(DType::Q4_K, &q4), &mut exact, n, 0, m, n, k, Precision::Exact).unwrap();
+        for precision in [Precision::Exact, Precision::Fast] {
+            let mut got = vec![f32::NAN; m * (n + 3)];
+            matmul_nt_cols(&x, TensorData::Quant(DType::Q4_Kx8, &x8), &mut got, n + 3, 2, m, n, k, precision).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let (g, e) = (got[i * (n + 3) + 2 + j], exact[i * n + j]);
+                    let (w, s) = (want[i * n + j], scale[i * n + j]);
+                    match precision {
+                        Precision::Exact => assert_eq!(g, e, "exact m={m} [{i}, {j}]"),
+                        Precision::Fast => {
+                            let err = (f64::from(g) - w).abs();
+                            assert!(err <= s / 128.0, "fast m={m} [{i}, {j}]: {g} vs {w} (scale {s})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Partial groups are refused, not misread.
+    let mut out = vec![0.0; 7];
+    assert!(matvec_parts(simd::active(), &[(DType::Q4_Kx8, &x8[..7 * 148 * 3])], &x, &mut out).is_err());
 }
