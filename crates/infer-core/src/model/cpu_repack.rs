@@ -2,9 +2,9 @@
 //! ([`DType::Q4_Kx8`], `tensor::repack`), as llama.cpp's `--repack` (on by default there too).
 //!
 //! Every projection (q/k/v/o, gate/up/down, and the LM head) stored in Q4_K with a row count
-//! that is a multiple of 8 is copied into the interleaved layout; the memory map's Q4_K pages
-//! are then no longer read. A tied LM head gets its own interleaved copy (the embedding lookup
-//! keeps reading the Q4_K rows), so a tied model holds that matrix twice.
+//! that is a multiple of 8 is copied into the interleaved layout, and the memory map's pages of
+//! the Q4_K original are released (not read again). A tied LM head gets its own interleaved
+//! copy; the embedding's pages are released too, and a lookup faults back in only its row's.
 
 use rayon::prelude::*;
 
@@ -43,7 +43,7 @@ pub(crate) fn repack_weights(w: &mut Weights, tied_copy: bool) -> Result<u64> {
         .map(|t| {
             Ok(match repacked(t)? {
                 Some((r, bytes)) => {
-                    *t = r;
+                    std::mem::replace(t, r).release_mapped_pages();
                     bytes
                 }
                 None => 0,
@@ -57,6 +57,8 @@ pub(crate) fn repack_weights(w: &mut Weights, tied_copy: bool) -> Result<u64> {
     {
         total += bytes;
         w.lm_head = Some(head);
+        // Lookups read a row at a time: only those rows' pages come back.
+        w.embed_tokens.release_mapped_pages();
     }
     Ok(total)
 }

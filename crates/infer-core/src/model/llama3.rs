@@ -59,8 +59,9 @@ pub struct LoadOptions {
     pub precision: Precision,
     /// CPU with [`Precision::Fast`]: copy Q4_K matrices into the 8-row interleaved layout that
     /// the decode kernels read fastest (`tensor::repack`; llama.cpp's `--repack`, also on by
-    /// default). Costs the copy's memory (the mapped Q4_K pages are then not read) and, for a
-    /// tied LM head, a second copy of that matrix.
+    /// default). The copied matrices' mapped pages are released (`MADV_DONTNEED`), so resident
+    /// memory grows only by the layout's larger scales and a tied LM head's copy (~8% measured
+    /// on a 1B model); loading takes longer (0.75 vs 0.5 s there).
     pub repack: bool,
 }
 

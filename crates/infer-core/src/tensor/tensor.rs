@@ -194,6 +194,25 @@ impl Tensor {
         self.storage.is_mapped()
     }
 
+    /// Tells the OS that this tensor's window of a memory-mapped file will not be read again for
+    /// a while (`MADV_DONTNEED` on the whole pages inside the window): they leave the process's
+    /// resident memory, and a later read faults them back in from the file. For weights that
+    /// loading copied into another layout (`model::cpu_repack`). No-op for other storage, off
+    /// Unix, or where the OS refuses (the advice is a hint).
+    pub(crate) fn release_mapped_pages(&self) {
+        #[cfg(unix)]
+        if let Storage::Mapped { map, start, len } = &self.storage {
+            const PAGE: usize = 4096; // the map starts page-aligned; larger pages: EINVAL, ignored
+            let (lo, hi) = (start.next_multiple_of(PAGE), (start + len) / PAGE * PAGE);
+            if hi > lo {
+                // SAFETY: `map` is a read-only file mapping (`Mmap`, never written through), so
+                // its pages are clean copies of the file: dropping them changes no byte that any
+                // live `&[u8]` view reads, the next access reads the same bytes back from the file.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
+            }
+        }
+    }
+
     /// The storage size in bytes (capacity, not just the current view).
     pub fn storage_bytes(&self) -> usize {
         self.storage.byte_len()
