@@ -27,16 +27,8 @@
 
 use std::arch::x86_64::*;
 
-/// Runs kernel `$k` with `R = $a.len()` (1..=4; more panics in the kernel's row check).
+/// Runs kernel `$k::<R, $t>` with `R = $a.len()` (1..=4; more panics in the kernel's row check).
 macro_rules! by_rows {
-    ($k:ident, $w:expr, $a:expr, $o:expr) => {
-        match $a.len() {
-            1 => $k::<1>($w, $a, $o),
-            2 => $k::<2>($w, $a, $o),
-            3 => $k::<3>($w, $a, $o),
-            _ => $k::<4>($w, $a, $o),
-        }
-    };
     ($k:ident, $t:literal, $w:expr, $a:expr, $o:expr) => {
         match $a.len() {
             1 => $k::<1, $t>($w, $a, $o),
@@ -656,19 +648,12 @@ macro_rules! quant_kernels {
             acc
         }
 
+        /// One weight row of a 256-block type (`K = 4`: Q4_K, `K = 6`: Q6_K), one output per
+        /// activation row.
         #[target_feature(enable = $feat)]
-        pub(super) fn q4_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+        pub(super) fn kern_k<const R: usize, const K: u8>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
             assert!(out.len() == R, "the dispatcher passes R outputs");
-            let v = dot_q4_k::<R>(w, acts);
-            for r in 0..R {
-                out[r] = hsum(v[r]);
-            }
-        }
-
-        #[target_feature(enable = $feat)]
-        pub(super) fn q6_k<const R: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-            assert!(out.len() == R, "the dispatcher passes R outputs");
-            let v = dot_q6_k::<R>(w, acts);
+            let v = if K == 4 { dot_q4_k::<R>(w, acts) } else { dot_q6_k::<R>(w, acts) };
             for r in 0..R {
                 out[r] = hsum(v[r]);
             }
@@ -691,8 +676,8 @@ macro_rules! quant_kernels {
                 DType::Q8_0 => crate::op::cpu::quant::x86::by_rows!(kern32, 0, w, acts, out),
                 DType::Q4_0 => crate::op::cpu::quant::x86::by_rows!(kern32, 1, w, acts, out),
                 DType::Q4_1 => crate::op::cpu::quant::x86::by_rows!(kern32, 2, w, acts, out),
-                DType::Q4_K => crate::op::cpu::quant::x86::by_rows!(q4_k, w, acts, out),
-                DType::Q6_K => crate::op::cpu::quant::x86::by_rows!(q6_k, w, acts, out),
+                DType::Q4_K => crate::op::cpu::quant::x86::by_rows!(kern_k, 4, w, acts, out),
+                DType::Q6_K => crate::op::cpu::quant::x86::by_rows!(kern_k, 6, w, acts, out),
                 // Drivers send Q4_Kx8 only to the row-range kernels (see `scalar::run`).
                 DType::Q4_Kx8 => out.fill(f32::NAN),
                 DType::F32 | DType::BF16 | DType::F16 => {}
