@@ -54,9 +54,6 @@ fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: 
             return;
         }
     }
-    if dtype == DType::Q4_Kx8 {
-        return super::scalar::run_rows(dtype, w, row_bytes, acts, out); // not a refined pair
-    }
     super::rows_via(run, dtype, w, row_bytes, acts, out);
 }
 

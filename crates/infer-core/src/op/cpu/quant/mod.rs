@@ -258,8 +258,12 @@ pub(crate) fn rows_kernel(isa: Isa) -> RowsKern {
     family(isa).1
 }
 
-/// A [`RowsKern`] that calls the per-row kernel `kern` for each weight row.
+/// A [`RowsKern`] that calls the per-row kernel `kern` for each weight row (interleaved Q4_K,
+/// which has no per-row kernel, goes to the portable row-range kernel: groups unpacked to Q4_K).
 fn rows_via(kern: Kern, dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
+    if dtype == DType::Q4_Kx8 {
+        return scalar::rows_x8_unpacked(w, row_bytes, acts, out);
+    }
     let mut part = [0.0f32; ROWS];
     let part = &mut part[..acts.len().min(ROWS)];
     for (o, wr) in out.iter_mut().zip(w.chunks_exact(row_bytes)) {

@@ -23,11 +23,14 @@ pub(super) fn run(dtype: DType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) 
     }
 }
 
-/// [`RowsKern`](super::RowsKern) over [`run`]; Q4_Kx8 groups are unpacked to Q4_K rows first.
+/// [`RowsKern`](super::RowsKern) over [`run`].
 pub(super) fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
-    if dtype != DType::Q4_Kx8 {
-        return super::rows_via(run, dtype, w, row_bytes, acts, out);
-    }
+    super::rows_via(run, dtype, w, row_bytes, acts, out);
+}
+
+/// The row-range kernel of interleaved Q4_K (whole groups, `row_bytes` per row) on any CPU: each
+/// group unpacked to Q4_K rows, then the portable Q4_K kernel.
+pub(super) fn rows_x8_unpacked(w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
     use crate::tensor::repack::{GROUP, unpack_rows};
     let (k, q4_row) = (row_bytes / 148 * 256, row_bytes / 148 * 144);
     let mut rows = vec![0u8; GROUP * q4_row];
