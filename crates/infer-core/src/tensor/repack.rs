@@ -112,11 +112,16 @@ fn pack_scales(sc: &[u8; 8], mn: &[u8; 8]) -> [u8; 12] {
     q
 }
 
+/// [`unpack_rows`] into a new buffer: the GGUF Q4_K bytes of `src`'s rows of `k` values.
+pub fn to_q4_k(src: &[u8], k: usize) -> Result<Vec<u8>> {
+    let mut q4 = vec![0u8; src.len() / DType::Q4_Kx8.block_bytes() * Q4K];
+    unpack_rows(src, k, &mut q4)?;
+    Ok(q4)
+}
+
 /// Dequantizes whole groups of rows of `k` values (interleaved) into `out` (row-major f32).
 pub fn dequantize_rows(src: &[u8], k: usize, out: &mut [f32]) -> Result<()> {
-    let mut q4 = vec![0u8; src.len() / 148 * Q4K];
-    unpack_rows(src, k, &mut q4)?;
-    super::quant::dequantize(DType::Q4_K, &q4, out)
+    super::quant::dequantize(DType::Q4_K, &to_q4_k(src, k)?, out)
 }
 
 #[cfg(test)]

@@ -92,8 +92,7 @@ pub fn matmul_nt_cols(
     // Interleaved Q4_K (`tensor::repack`): the fast paths read it in place (the integer kernels,
     // the dequantizing prefill); the exact path takes its rows unpacked to Q4_K, a copy per call.
     if let (TensorData::Quant(DType::Q4_Kx8, bytes), Precision::Exact) = (w, precision) {
-        let mut q4 = vec![0u8; bytes.len() / DType::Q4_Kx8.block_bytes() * DType::Q4_K.block_bytes()];
-        crate::tensor::repack::unpack_rows(bytes, k, &mut q4)?;
+        let q4 = crate::tensor::repack::to_q4_k(bytes, k)?;
         return matmul_nt_cols(x, TensorData::Quant(DType::Q4_K, &q4), out, ld, col, m, n, k, precision);
     }
     #[cfg(target_arch = "x86_64")]

@@ -294,11 +294,9 @@ fn x8_kernel(isa: Isa) -> Option<X8Kern> {
 /// an x86 family the rows are unpacked to Q4_K (a copy) and go the Q4_K way.
 #[allow(clippy::too_many_arguments)]
 fn matmul_x8(isa: Isa, w: &[u8], x: &[f32], out: &mut [f32], m: usize, n: usize, k: usize, rb: usize) -> Result<()> {
-    use crate::tensor::repack::{GROUP, unpack_rows};
+    use crate::tensor::repack::{GROUP, to_q4_k};
     let Some(kern) = x8_kernel(isa) else {
-        let mut q4 = vec![0u8; n * k / 256 * 144];
-        unpack_rows(w, k, &mut q4)?;
-        return matmul_fast(isa, DType::Q4_K, &q4, x, out, m, n, k);
+        return matmul_fast(isa, DType::Q4_K, &to_q4_k(w, k)?, x, out, m, n, k);
     };
     if !n.is_multiple_of(GROUP) {
         return Err(Error::op("matmul", format!("q4_k_x8 weights of {n} rows are not whole groups of {GROUP}")));

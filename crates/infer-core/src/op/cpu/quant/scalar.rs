@@ -32,7 +32,8 @@ pub(super) fn run_rows(dtype: DType, w: &[u8], row_bytes: usize, acts: &[ActRow<
 /// group unpacked to Q4_K rows, then the portable Q4_K kernel.
 pub(super) fn rows_x8_unpacked(w: &[u8], row_bytes: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
     use crate::tensor::repack::{GROUP, unpack_rows};
-    let (k, q4_row) = (row_bytes / 148 * 256, row_bytes / 148 * 144);
+    let nb = row_bytes / DType::Q4_Kx8.block_bytes(); // blocks per row
+    let (k, q4_row) = (nb * 256, nb * DType::Q4_K.block_bytes());
     let mut rows = vec![0u8; GROUP * q4_row];
     for (grp, o) in w.chunks_exact(GROUP * row_bytes).zip(out.chunks_mut(GROUP)) {
         if unpack_rows(grp, k, &mut rows).is_err() {
