@@ -1,8 +1,9 @@
 //! The whole decode step as one persistent kernel (`kernels/decode_step.cu`): weights streamed
 //! through a shared-memory ring by TMA bulk copies, phases separated by grid barriers. By default
-//! ([`DecodeKernel::Auto`]) a GPU model runs it while the KV cache a step reads is small next to
-//! the weights and the per-op step beyond (see the kernel's header comment and the README for the
-//! numbers); `INFER_DECODE_KERNEL=0|1` or [`crate::Llama3::set_decode_kernel_mode`] force either.
+//! ([`DecodeKernel::Auto`]) a GPU model runs it on fast-memory GPUs (H200 class, not H100) while
+//! the KV cache a step reads is small next to the weights, and the per-op step otherwise (see the
+//! kernel's header comment and the README for the numbers); `INFER_DECODE_KERNEL=0|1` or
+//! [`crate::Llama3::set_decode_kernel_mode`] force either.
 
 use std::sync::Arc;
 
@@ -28,7 +29,8 @@ pub enum DecodeKernel {
     /// The one-kernel step wherever it can run the model (sm_90, bf16 weights, Llama-shaped sizes).
     OneKernel,
     /// The one-kernel step while the k / v rows a step reads stay under [`AUTO_KV_SHARE`] of the
-    /// weight bytes, the per-op step beyond (its attention is faster on long contexts). Default.
+    /// weight bytes, the per-op step beyond (its attention is faster on long contexts), and the
+    /// per-op step at every length on GPUs below [`AUTO_MIN_PEAK_BW`]. Default.
     Auto,
 }
 
@@ -38,6 +40,16 @@ pub enum DecodeKernel {
 /// 2.7%, 5.4% of the weight bytes); Llama-3.1-8B shapes 1.13x at 1023 and 1.06x at 4095 (0.8%,
 /// 3.4%). So 2.5%: Llama-3.2-1B switches to the per-op step at ~1,880 positions.
 pub const AUTO_KV_SHARE: f64 = 0.025;
+
+/// [`DecodeKernel::Auto`] runs the one-kernel step only on GPUs whose DRAM peak
+/// ([`CudaDevice::peak_bandwidth`]) reaches this many bytes/s. The kernel's step is about the weight
+/// stream plus the latency chain of its ~80 grid barriers and attention phases, which it overlaps
+/// only partly; the per-op step pays per-kernel ramps instead, which cost more the faster the
+/// stream. Measured (kernel harness, graph replay, one kernel vs per-op): on an H200 (4.8e12) the
+/// kernel wins (Llama-3.2-1B 1.06x at position 144, 8B shapes 1.13x at 1023); on an H100 SXM
+/// (3.35e12, session 12) it loses (1B: 0.95x at 144, 0.95x at 1023, 0.93x at 2047, 0.89x at 4095;
+/// 8B shapes 1.02x at 1023, 0.98x at 4095), and the engine decoded 900.5 vs 946.6 tok/s.
+pub const AUTO_MIN_PEAK_BW: f64 = 4.0e12;
 
 /// The mode `INFER_DECODE_KERNEL` asks for: `0` per-op, `1` one kernel, unset or else [`DecodeKernel::Auto`].
 pub fn requested() -> DecodeKernel {
@@ -146,7 +158,11 @@ impl DecodeStep {
         let weight_bytes =
             2.0 * (layers.len() * (h * (q + 2 * kv) + q * h + 3 * h * c.intermediate_size) + c.vocab_size * h) as f64;
         let kv_bytes_per_pos = (2 * 2 * layers.len() * kv) as f64;
-        let auto_max_len = (AUTO_KV_SHARE * weight_bytes / kv_bytes_per_pos) as usize;
+        let auto_max_len = if dev.peak_bandwidth()? >= AUTO_MIN_PEAK_BW {
+            (AUTO_KV_SHARE * weight_bytes / kv_bytes_per_pos) as usize
+        } else {
+            0
+        };
         Ok(Some(DecodeStep { model, auto_max_len, _layers: table, workspace, dev: dev.clone() }))
     }
 
