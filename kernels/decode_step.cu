@@ -32,7 +32,11 @@
 // per-op step, session 9): Llama-3.2-1B 842-851 vs 901-906 us per step at position 144 (1.07x),
 // 901-917 vs 945-951 at 1023, 933-949 vs 952-956 at 2047, 1,022-1,033 vs 974-980 at 4095 (0.96x);
 // Llama-3.1-8B shapes 4,031-4,100 vs 4,547-4,616 at 1023 (1.14x), 4,340-4,406 vs 4,659-4,715 at
-// 4095. The engine picks it below a context length (DecodeKernel::Auto).
+// 4095. On an H100 (session 12, same harness) it loses: 1,081 vs 1,038 us at 144 (0.96x), 0.95x at
+// 1023, 0.94x at 2047, 0.89x at 4095, 8B shapes 1.02x / 0.99x: the weight stream alone takes 793 us,
+// the latency chain alone 272, the step their sum (the ring holds ~8 us of the slower stream, less
+// than a layer's attention gap). The engine picks it below a context length on GPUs with a DRAM
+// peak of at least 4 TB/s (DecodeKernel::Auto, AUTO_MIN_PEAK_BW).
 // Where the time goes (BENCH_DS_PROF=0 in the harness: per-phase clock64 breakdown, producer stalls by
 // kind; Llama-3.2-1B at 144, means over blocks, us per step): the producer waits ~420 us for a free
 // slot, always with the oldest tile landed (the consumers are behind, not the stream), and ~125-135
