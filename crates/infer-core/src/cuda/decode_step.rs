@@ -47,8 +47,8 @@ pub const AUTO_KV_SHARE: f64 = 0.025;
 /// only partly; the per-op step pays per-kernel ramps instead, which cost more the faster the
 /// stream. Measured (kernel harness, graph replay, one kernel vs per-op): on an H200 (4.8e12) the
 /// kernel wins (Llama-3.2-1B 1.06x at position 144, 8B shapes 1.13x at 1023); on an H100 SXM
-/// (3.35e12, session 12) it loses (1B: 0.95x at 144, 0.95x at 1023, 0.93x at 2047, 0.89x at 4095;
-/// 8B shapes 1.02x at 1023, 0.98x at 4095), and the engine decoded 900.5 vs 946.6 tok/s.
+/// (3.35e12, session 12) it loses (1B: 0.96x at 144, 0.95x at 1023, 0.94x at 2047, 0.89x at 4095;
+/// 8B shapes 1.02x at 1023, 0.99x at 4095), and the engine decoded 900.5 vs 946.6 tok/s.
 pub const AUTO_MIN_PEAK_BW: f64 = 4.0e12;
 
 /// The mode `INFER_DECODE_KERNEL` asks for: `0` per-op, `1` one kernel, unset or else [`DecodeKernel::Auto`].

@@ -803,8 +803,8 @@ impl Llama3 {
     /// Which implementation decode steps run: [`DecodeKernel::Auto`] (the default unless
     /// `INFER_DECODE_KERNEL=0|1`) takes the one-kernel step at short and medium contexts on GPUs
     /// with fast memory (H200 class, see `decode_step::AUTO_MIN_PEAK_BW`) and the per-op step on
-    /// long contexts and slower-memory GPUs (H100). The kernel needs bf16 weights, an sm_90 GPU and Llama-shaped sizes
-    /// (multiples of 512); other models keep the per-op step in every mode.
+    /// long contexts and slower-memory GPUs (H100). The kernel needs bf16 weights, an sm_90 GPU
+    /// and Llama-shaped sizes (multiples of 512); other models keep the per-op step in every mode.
     #[cfg(feature = "cuda")]
     pub fn set_decode_kernel_mode(&mut self, mode: DecodeKernel) -> Result<()> {
         // The graphs of both paths are kept (one slot each) and share the caches and buffers on
