@@ -27,20 +27,23 @@ pub(crate) const VMAX: usize = 4;
 
 /// Packs the `[m, k]` f32 rows of `x` (k even) as bf16 pairs in blocks of [`LANES`] rows:
 /// pair `p` of row `16b + l` at `b * kp * 16 + p * 16 + l` (`kp = k / 2`); rows past `m` are zero.
+/// Blocks are packed in parallel on the pool, each through a scratch of its 16 rows rounded.
 pub(crate) fn pack_acts(cpu: Avx512Bf16, x: &[f32], m: usize, k: usize) -> Vec<u32> {
     let kp = k / 2;
     let stride = padded_stride(kp);
-    let mut rows = vec![0u32; m * stride];
-    round_pairs(cpu, x, m, k, &mut rows);
-    let blocks = m.div_ceil(LANES);
-    let mut out = vec![0u32; blocks * kp * LANES];
-    for (b, dst) in out.chunks_exact_mut(kp * LANES).enumerate() {
+    let mut out = vec![0u32; m.div_ceil(LANES) * kp * LANES];
+    if kp == 0 {
+        return out;
+    }
+    super::pool::for_each_chunk(&mut out, kp * LANES, |b, dst| {
         let rl = LANES.min(m - b * LANES);
-        let src = &rows[b * LANES * stride..(b * LANES + rl - 1) * stride + kp];
+        let mut rows = vec![0u32; rl * stride];
+        round_pairs(cpu, &x[b * LANES * k..(b * LANES + rl) * k], rl, k, &mut rows);
+        let src = &rows[..(rl - 1) * stride + kp];
         // SAFETY: `cpu` proves AVX-512 F/BW/VL; `src` holds rows 0..rl of the block (stride
         // `stride`, kp pairs each) and `dst` holds kp * 16 u32.
         unsafe { pack_block(src, stride, rl, kp, dst) };
-    }
+    });
     out
 }
 

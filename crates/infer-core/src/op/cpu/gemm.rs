@@ -210,9 +210,26 @@ pub(crate) fn gemm_bf16_wbcast(
     n: usize,
     k: usize,
 ) {
-    use super::avx512_wgemm::{LANES, VMAX, WR, micro, pack_acts};
-    debug_assert!(k.is_multiple_of(2) && x.len() >= m * k && w.len() >= n * k && out.holds(m, n));
-    let xp = pack_acts(cpu, x, m, k);
+    debug_assert!(k.is_multiple_of(2) && x.len() >= m * k);
+    let xp = super::avx512_wgemm::pack_acts(cpu, x, m, k);
+    gemm_bf16_packed(cpu, &xp, w, out, m, n, k);
+}
+
+/// [`gemm_bf16_wbcast`] on activations already packed by `avx512_wgemm::pack_acts` (`xp`, for
+/// `m` rows of `k`): callers that multiply the same rows by several weight blocks pack once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemm_bf16_packed(
+    cpu: super::avx512::Avx512Bf16,
+    xp: &[u32],
+    w: &[half::bf16],
+    out: Out<'_>,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    use super::avx512_wgemm::{LANES, VMAX, WR, micro};
+    debug_assert!(k.is_multiple_of(2) && xp.len() >= m.div_ceil(LANES) * k / 2 * LANES);
+    debug_assert!(w.len() >= n * k && out.holds(m, n));
     let block = k / 2 * LANES; // u32 per packed block of 16 rows
     let blocks = m.div_ceil(LANES);
     let nb = block_cols(m, n, k, WR);

@@ -77,6 +77,14 @@ pub(super) fn matmul(
     let gemm = |blk: TensorData<'_>, out: Out<'_>, nr: usize| {
         super::matmul_into(super::simd::active(), true, x, blk, out, m, nr, k);
     };
+    // The bf16 GEMM reads activations packed in blocks of 16 rows: packed once here for every
+    // block of weight rows (the GEMM would pack them per call).
+    let packed = match rows {
+        Rows::Bf16(bf) if k.is_multiple_of(2) && !super::packed_bf16() => {
+            Some(super::avx512_wgemm::pack_acts(bf, x, m, k))
+        }
+        _ => None,
+    };
     match rows {
         Rows::Bf16(bf) => by_blocks::<bf16>(
             n,
@@ -87,12 +95,19 @@ pub(super) fn matmul(
             ld,
             col,
             |wb, dst| {
+                // Interleaved Q4_K goes to bf16 in one pass (same values as the route below).
+                if dtype == DType::Q4_Kx8 && super::dequant_x8::rows_to_bf16(bf, wb, k, dst) {
+                    return;
+                }
                 let mut f = vec![0.0f32; dst.len()];
                 deq(wb, &mut f);
                 // SAFETY: `bf` proves AVX-512 F/BW/VL + BF16 are available.
                 unsafe { round_row(bf, &f, dst) };
             },
-            |blk, o, nr| gemm(TensorData::BF16(blk), o, nr),
+            |blk, o, nr| match &packed {
+                Some(xp) => super::gemm::gemm_bf16_packed(bf, xp, blk, o, m, nr, k),
+                None => gemm(TensorData::BF16(blk), o, nr),
+            },
         ),
         Rows::F32 => by_blocks::<f32>(n, k, rb, w, out, ld, col, deq, |blk, o, nr| gemm(TensorData::F32(blk), o, nr)),
     }
@@ -145,14 +160,27 @@ mod tests {
             None => println!("no AVX512_BF16 on this CPU: the bf16 rows are not tested"),
         }
         for (rows, tol) in kinds {
-            for (dtype, m, n, k) in
-                [(DType::Q4_1, 40, 37, 256), (DType::Q8_0, 33, 300, 4096), (DType::Q6_K, 64, 9, 512)]
-            {
+            for (dtype, m, n, k) in [
+                (DType::Q4_1, 40, 37, 256),
+                (DType::Q8_0, 33, 300, 4096),
+                (DType::Q6_K, 64, 9, 512),
+                (DType::Q4_Kx8, 35, 24, 768),
+            ] {
                 let wf: Vec<f32> =
                     fill(n * k, 5).iter().enumerate().map(|(i, v)| v * (1 + i / 64 % 5) as f32).collect();
-                let w = quantize_to_vec(dtype, &wf).unwrap();
+                let w = match dtype {
+                    // Interleaved Q4_K: its own dequantization to bf16 (`dequant_x8`).
+                    DType::Q4_Kx8 => {
+                        crate::tensor::repack::repack_q4_k(&quantize_to_vec(DType::Q4_K, &wf).unwrap(), k).unwrap()
+                    }
+                    _ => quantize_to_vec(dtype, &wf).unwrap(),
+                };
                 let mut wd = vec![0.0; n * k];
-                dequantize(dtype, &w, &mut wd).unwrap();
+                if dtype == DType::Q4_Kx8 {
+                    dequantize_rows(&w, k, &mut wd).unwrap();
+                } else {
+                    dequantize(dtype, &w, &mut wd).unwrap();
+                }
                 let x = fill(m * k, 6);
                 let (ld, col) = (n + 5, 3);
                 let mut out = vec![f32::NAN; m * ld];

@@ -1,0 +1,144 @@
+//! Interleaved Q4_K ([`DType::Q4_Kx8`](crate::tensor::DType)) straight to bf16 rows for the
+//! dequantizing prefill (`quant_prefill`), AVX-512 F/BW/VL + BF16.
+//!
+//! The portable route unpacks the group to GGUF Q4_K bytes, dequantizes to f32 and rounds to
+//! bf16 (three passes and two scratch buffers per task); here each 256-byte chunk of a group
+//! block (4 bytes of each of 8 rows, 8 times: `tensor::repack`) is transposed in registers to
+//! row order (one `vpermd` per 64 bytes, then two rounds of `vpermt2q`), its nibbles widened to
+//! f32, scaled as ggml does (`d·sc · q - dmin·m`, a multiply then a subtract, so the values are
+//! bit for bit those of the portable route) and rounded to bf16 with `vcvtne2ps2bf16`.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use super::avx512::Avx512Bf16;
+use crate::tensor::repack::{GROUP, GROUP_BLOCK};
+
+/// Dequantizes the whole groups of 8 interleaved rows of `k` values in `src` into `dst`
+/// (row-major, `k` bf16 per row). False (nothing written) when the lengths are not whole groups
+/// of whole 256-blocks.
+pub(crate) fn rows_to_bf16(cpu: Avx512Bf16, src: &[u8], k: usize, dst: &mut [bf16]) -> bool {
+    let nb = k / 256;
+    if k == 0 || !k.is_multiple_of(256) || !src.len().is_multiple_of(nb * GROUP_BLOCK) {
+        return false;
+    }
+    let groups = src.len() / (nb * GROUP_BLOCK);
+    if dst.len() != groups * GROUP * k {
+        return false;
+    }
+    for (grp, rows) in src.chunks_exact(nb * GROUP_BLOCK).zip(dst.chunks_exact_mut(GROUP * k)) {
+        for (b, gb) in grp.chunks_exact(GROUP_BLOCK).enumerate() {
+            // SAFETY: `cpu` proves AVX-512 F/BW/VL + BF16; `gb` is one whole group block and
+            // `rows` holds 8 rows of k >= 256 (b + 1) values (checked above).
+            unsafe { group_block(cpu, gb, rows, k, 256 * b) };
+        }
+    }
+    true
+}
+
+/// One group block `gb` ([`GROUP_BLOCK`] bytes) into values `at..at + 256` of the 8 rows of
+/// `rows` (stride `k`).
+///
+/// # Safety
+/// AVX-512 F/BW/VL + BF16; `gb.len() >= GROUP_BLOCK`, `rows.len() >= 7k + at + 256`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn group_block(_cpu: Avx512Bf16, gb: &[u8], rows: &mut [bf16], k: usize, at: usize) {
+    assert!(gb.len() >= GROUP_BLOCK && rows.len() >= 7 * k + at + 256, "whole group block");
+    // Per (sub-block j, row l): d·sc and dmin·m, as the portable dequantization computes them.
+    let mut dsc = [[0.0f32; GROUP]; 8];
+    let mut dmn = [[0.0f32; GROUP]; 8];
+    for l in 0..GROUP {
+        let d = f16::from_le_bytes([gb[2 * l], gb[2 * l + 1]]).to_f32();
+        let dmin = f16::from_le_bytes([gb[16 + 2 * l], gb[17 + 2 * l]]).to_f32();
+        for j in 0..8 {
+            dsc[j][l] = d * f32::from(gb[32 + 8 * j + l]);
+            dmn[j][l] = dmin * f32::from(gb[96 + 8 * j + l]);
+        }
+    }
+    // Dword 2l + h of a vpermd output = dword 8h + l of the input (row l, t even / odd).
+    let pair = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    // Qword rounds: (A, B) -> [A0 B0 A1 B1 A2 B2 A3 B3] and the upper half; then
+    // (AB, CD) -> [A0 B0 C0 D0 A1 B1 C1 D1] (rows 2i, 2i + 1) and the upper half.
+    let (lo4, hi4) = (_mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15));
+    let (lo2, hi2) = (_mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15));
+    let m4 = _mm512_set1_epi8(0x0f);
+    for c in 0..4 {
+        let base = 160 + 256 * c;
+        // SAFETY: base + 256 <= 160 + 1024 = GROUP_BLOCK; unaligned loads.
+        let v: [__m512i; 4] = std::array::from_fn(|i| unsafe {
+            _mm512_permutexvar_epi32(pair, _mm512_loadu_si512(gb.as_ptr().add(base + 64 * i).cast()))
+        });
+        let (ab_lo, ab_hi) = (_mm512_permutex2var_epi64(v[0], lo4, v[1]), _mm512_permutex2var_epi64(v[0], hi4, v[1]));
+        let (cd_lo, cd_hi) = (_mm512_permutex2var_epi64(v[2], lo4, v[3]), _mm512_permutex2var_epi64(v[2], hi4, v[3]));
+        // Row pairs (0,1), (2,3), (4,5), (6,7): 32 bytes of each row, in its order.
+        let pairs = [
+            _mm512_permutex2var_epi64(ab_lo, lo2, cd_lo),
+            _mm512_permutex2var_epi64(ab_lo, hi2, cd_lo),
+            _mm512_permutex2var_epi64(ab_hi, lo2, cd_hi),
+            _mm512_permutex2var_epi64(ab_hi, hi2, cd_hi),
+        ];
+        for (p, bytes) in pairs.into_iter().enumerate() {
+            let nib = [_mm512_and_si512(bytes, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(bytes), m4)];
+            for r in 0..2 {
+                let l = 2 * p + r;
+                // SAFETY: row l < 8 starts at l * k; values at + 64c .. + 64c + 64 <= at + 256.
+                let out = unsafe { rows.as_mut_ptr().add(l * k + at + 64 * c) };
+                for (h, nib) in nib.iter().enumerate() {
+                    // Sub-block 2c + h: 32 values of row l (bytes 32r.. of the pair vector).
+                    let (d, m) = (_mm512_set1_ps(dsc[2 * c + h][l]), _mm512_set1_ps(dmn[2 * c + h][l]));
+                    let q = if r == 0 {
+                        _mm512_extracti64x4_epi64::<0>(*nib)
+                    } else {
+                        _mm512_extracti64x4_epi64::<1>(*nib)
+                    };
+                    let (f0, f1) =
+                        (scale16(_mm256_castsi256_si128(q), d, m), scale16(_mm256_extracti128_si256::<1>(q), d, m));
+                    // SAFETY: 32 bf16 at out + 32h, inside the row (see above); same-size types.
+                    unsafe {
+                        let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(f1, f0));
+                        _mm512_storeu_si512(out.add(32 * h).cast(), v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 16 nibble values (bytes of `q`) as `d · q - m` in f32 (multiply, then subtract).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn scale16(q: __m128i, d: __m512, m: __m512) -> __m512 {
+    _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q))), m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+    use crate::tensor::quantize::quantize_to_vec;
+    use crate::tensor::repack::{dequantize_rows, repack_q4_k};
+
+    #[test]
+    fn matches_the_portable_route_bit_for_bit() {
+        let Some(cpu) = Avx512Bf16::new() else {
+            println!("no AVX512_BF16 on this CPU: the kernel is not tested");
+            return;
+        };
+        for (n, k) in [(8, 256), (24, 768), (16, 2048)] {
+            let x: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / 32 % 7) as f32) + (i / 256 % 3) as f32)
+                .collect();
+            let q = repack_q4_k(&quantize_to_vec(DType::Q4_K, &x).unwrap(), k).unwrap();
+            let mut want = vec![0.0f32; n * k];
+            dequantize_rows(&q, k, &mut want).unwrap();
+            let mut got = vec![bf16::ZERO; n * k];
+            assert!(rows_to_bf16(cpu, &q, k, &mut got));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "n={n} k={k} [{}, {}]", i / k, i % k);
+            }
+            assert!(!rows_to_bf16(cpu, &q[..q.len() - 1], k, &mut got), "partial group");
+            assert!(!rows_to_bf16(cpu, &q, k, &mut got[1..]), "short output");
+        }
+    }
+}
