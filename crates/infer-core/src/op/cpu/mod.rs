@@ -33,7 +33,7 @@ mod avx512_gemv;
 #[cfg(target_arch = "x86_64")]
 mod avx512_wgemm;
 #[cfg(target_arch = "x86_64")]
-mod dequant_x8;
+mod dequant_bf16;
 
 pub use simd::{Isa, isa};
 pub use vec::{axpy_f32, dot_f32, silu_mul_f32};

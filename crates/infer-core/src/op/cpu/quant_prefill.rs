@@ -95,8 +95,11 @@ pub(super) fn matmul(
             ld,
             col,
             |wb, dst| {
-                // Interleaved Q4_K goes to bf16 in one pass (same values as the route below).
-                if dtype == DType::Q4_Kx8 && super::dequant_x8::rows_to_bf16(bf, wb, k, dst) {
+                // Interleaved Q4_K and Q6_K go to bf16 in one pass (same values as the route below).
+                if dtype == DType::Q4_Kx8 && super::dequant_bf16::q4_k_x8_rows(bf, wb, k, dst) {
+                    return;
+                }
+                if dtype == DType::Q6_K && super::dequant_bf16::q6_k_rows(bf, wb, dst) {
                     return;
                 }
                 let mut f = vec![0.0f32; dst.len()];
@@ -169,7 +172,7 @@ mod tests {
                 let wf: Vec<f32> =
                     fill(n * k, 5).iter().enumerate().map(|(i, v)| v * (1 + i / 64 % 5) as f32).collect();
                 let w = match dtype {
-                    // Interleaved Q4_K: its own dequantization to bf16 (`dequant_x8`).
+                    // Interleaved Q4_K: its own dequantization to bf16 (`dequant_bf16`).
                     DType::Q4_Kx8 => {
                         crate::tensor::repack::repack_q4_k(&quantize_to_vec(DType::Q4_K, &wf).unwrap(), k).unwrap()
                     }

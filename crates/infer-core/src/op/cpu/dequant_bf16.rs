@@ -1,12 +1,16 @@
-//! Interleaved Q4_K ([`DType::Q4_Kx8`](crate::tensor::DType)) straight to bf16 rows for the
-//! dequantizing prefill (`quant_prefill`), AVX-512 F/BW/VL + BF16.
+//! Quantized weight rows straight to bf16 for the dequantizing prefill (`quant_prefill`),
+//! AVX-512 F/BW/VL + BF16. The portable route dequantizes to f32 (a scratch buffer per task) and
+//! rounds to bf16 in a second pass; here each block is widened, scaled and rounded in registers,
+//! with the scalar route's arithmetic (same operations in the same order), so the bf16 values
+//! are bit for bit the portable route's (tested).
 //!
-//! The portable route unpacks the group to GGUF Q4_K bytes, dequantizes to f32 and rounds to
-//! bf16 (three passes and two scratch buffers per task); here each 256-byte chunk of a group
-//! block (4 bytes of each of 8 rows, 8 times: `tensor::repack`) is transposed in registers to
-//! row order (one `vpermd` per 64 bytes, then two rounds of `vpermt2q`), its nibbles widened to
-//! f32, scaled as ggml does (`d·sc · q - dmin·m`, a multiply then a subtract, so the values are
-//! bit for bit those of the portable route) and rounded to bf16 with `vcvtne2ps2bf16`.
+//! * Interleaved Q4_K ([`DType::Q4_Kx8`](crate::tensor::DType), [`q4_k_x8_rows`]): the portable
+//!   route also unpacks the group to GGUF Q4_K bytes first. Each 256-byte chunk of a group block
+//!   (4 bytes of each of 8 rows, 8 times: `tensor::repack`) is transposed in registers to row
+//!   order (one `vpermd` per 64 bytes, then two rounds of `vpermt2q`), its nibbles widened to
+//!   f32 and scaled as ggml does (`d·sc · q - dmin·m`, a multiply then a subtract).
+//! * Q6_K ([`q6_k_rows`]): low nibbles and high bit pairs of 32 values at a time combined with
+//!   byte masks and shifts, `(d·sc) · (q - 32)`.
 
 use std::arch::x86_64::*;
 
@@ -18,7 +22,7 @@ use crate::tensor::repack::{GROUP, GROUP_BLOCK};
 /// Dequantizes the whole groups of 8 interleaved rows of `k` values in `src` into `dst`
 /// (row-major, `k` bf16 per row). False (nothing written) when the lengths are not whole groups
 /// of whole 256-blocks.
-pub(crate) fn rows_to_bf16(cpu: Avx512Bf16, src: &[u8], k: usize, dst: &mut [bf16]) -> bool {
+pub(crate) fn q4_k_x8_rows(cpu: Avx512Bf16, src: &[u8], k: usize, dst: &mut [bf16]) -> bool {
     let nb = k / 256;
     if k == 0 || !k.is_multiple_of(256) || !src.len().is_multiple_of(nb * GROUP_BLOCK) {
         return false;
@@ -105,6 +109,75 @@ unsafe fn group_block(_cpu: Avx512Bf16, gb: &[u8], rows: &mut [bf16], k: usize, 
     }
 }
 
+/// Dequantizes whole Q6_K blocks (`src`, 210 bytes per 256 values) into `dst` (as many bf16).
+/// False (nothing written) when the lengths do not match.
+pub(crate) fn q6_k_rows(cpu: Avx512Bf16, src: &[u8], dst: &mut [bf16]) -> bool {
+    const BB: usize = 210;
+    if !src.len().is_multiple_of(BB) || dst.len() != src.len() / BB * 256 {
+        return false;
+    }
+    for (blk, out) in src.chunks_exact(BB).zip(dst.chunks_exact_mut(256)) {
+        // SAFETY: `cpu` proves AVX-512 F/BW/VL + BF16; one whole block and 256 outputs.
+        unsafe { q6_k_block(cpu, blk, out) };
+    }
+    true
+}
+
+/// One Q6_K block (ggml's layout: `ql[128]`, `qh[64]`, `scales[16]` i8, `d` f16) into `out`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL + BF16; `b.len() >= 210`, `out.len() >= 256`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn q6_k_block(_cpu: Avx512Bf16, b: &[u8], out: &mut [bf16]) {
+    assert!(b.len() >= 210 && out.len() >= 256, "whole Q6_K block");
+    let d = f16::from_le_bytes([b[208], b[209]]).to_f32();
+    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x03));
+    let off = _mm512_set1_epi32(32);
+    for n in 0..2 {
+        // SAFETY: ql (64 bytes at 64n), qh (32 bytes at 128 + 32n) lie inside the 210 bytes.
+        let (lo, hi, qh) = unsafe {
+            (
+                _mm256_loadu_si256(b.as_ptr().add(64 * n).cast()),
+                _mm256_loadu_si256(b.as_ptr().add(64 * n + 32).cast()),
+                _mm256_loadu_si256(b.as_ptr().add(128 + 32 * n).cast()),
+            )
+        };
+        // Quarter j: values 32j..32j + 32 of this half, as bytes 0..63 (ggml's q1..q4 + 32).
+        let quarters = [
+            _mm256_or_si256(_mm256_and_si256(lo, m4), high2(qh, m2)),
+            _mm256_or_si256(_mm256_and_si256(hi, m4), high2(_mm256_srli_epi16::<2>(qh), m2)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(lo), m4), high2(_mm256_srli_epi16::<4>(qh), m2)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(hi), m4), high2(_mm256_srli_epi16::<6>(qh), m2)),
+        ];
+        for (j, q) in quarters.into_iter().enumerate() {
+            // Values 0..16 use scale 2j, 16..32 scale 2j + 1 (of this half's 8): d·sc, then · q.
+            let (s0, s1) = (b[192 + 8 * n + 2 * j] as i8, b[193 + 8 * n + 2 * j] as i8);
+            let (s0, s1) = (_mm512_set1_ps(d * f32::from(s0)), _mm512_set1_ps(d * f32::from(s1)));
+            let f0 = _mm512_mul_ps(s0, q6_values(_mm256_castsi256_si128(q), off));
+            let f1 = _mm512_mul_ps(s1, q6_values(_mm256_extracti128_si256::<1>(q), off));
+            // SAFETY: 32 bf16 at 128n + 32j <= 224 inside `out` (256); same-size types.
+            unsafe {
+                let w = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(f1, f0));
+                _mm512_storeu_si512(out.as_mut_ptr().add(128 * n + 32 * j).cast(), w);
+            }
+        }
+    }
+}
+
+/// Bits 0..2 of every byte of `h` moved to bits 4..6 (the high pair of a six-bit value).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn high2(h: __m256i, m2: __m256i) -> __m256i {
+    _mm256_slli_epi16::<4>(_mm256_and_si256(h, m2))
+}
+
+/// 16 six-bit values (bytes of `q`, 0..63) minus 32, as f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn q6_values(q: __m128i, off: __m512i) -> __m512 {
+    _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(q), off))
+}
+
 /// 16 nibble values (bytes of `q`) as `d · q - m` in f32 (multiply, then subtract).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
@@ -120,6 +193,27 @@ mod tests {
     use crate::tensor::repack::{dequantize_rows, repack_q4_k};
 
     #[test]
+    fn q6_k_matches_the_portable_route_bit_for_bit() {
+        let Some(cpu) = Avx512Bf16::new() else {
+            println!("no AVX512_BF16 on this CPU: the kernel is not tested");
+            return;
+        };
+        let n = 3 * 256;
+        let x: Vec<f32> =
+            (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / 16 % 9) as f32)).collect();
+        let q = quantize_to_vec(DType::Q6_K, &x).unwrap();
+        let mut want = vec![0.0f32; n];
+        crate::tensor::quant::dequantize(DType::Q6_K, &q, &mut want).unwrap();
+        let mut got = vec![bf16::ZERO; n];
+        assert!(q6_k_rows(cpu, &q, &mut got));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "value {i}: {g} vs {w}");
+        }
+        assert!(!q6_k_rows(cpu, &q[..q.len() - 1], &mut got), "partial block");
+        assert!(!q6_k_rows(cpu, &q, &mut got[1..]), "short output");
+    }
+
+    #[test]
     fn matches_the_portable_route_bit_for_bit() {
         let Some(cpu) = Avx512Bf16::new() else {
             println!("no AVX512_BF16 on this CPU: the kernel is not tested");
@@ -133,12 +227,12 @@ mod tests {
             let mut want = vec![0.0f32; n * k];
             dequantize_rows(&q, k, &mut want).unwrap();
             let mut got = vec![bf16::ZERO; n * k];
-            assert!(rows_to_bf16(cpu, &q, k, &mut got));
+            assert!(q4_k_x8_rows(cpu, &q, k, &mut got));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "n={n} k={k} [{}, {}]", i / k, i % k);
             }
-            assert!(!rows_to_bf16(cpu, &q[..q.len() - 1], k, &mut got), "partial group");
-            assert!(!rows_to_bf16(cpu, &q, k, &mut got[1..]), "short output");
+            assert!(!q4_k_x8_rows(cpu, &q[..q.len() - 1], k, &mut got), "partial group");
+            assert!(!q4_k_x8_rows(cpu, &q, k, &mut got[1..]), "short output");
         }
     }
 }
