@@ -11,12 +11,15 @@
 //!   f32 and scaled as ggml does (`d·sc · q - dmin·m`, a multiply then a subtract).
 //! * Q6_K ([`q6_k_rows`]): low nibbles and high bit pairs of 32 values at a time combined with
 //!   byte masks and shifts, `(d·sc) · (q - 32)`.
+//! * Q8_0, Q4_0, Q4_1 ([`blocks32_rows`]): a block of 32 values per register pair, `d · q`,
+//!   `d · (q - 8)`, `d · q + m`.
 
 use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
 use super::avx512::Avx512Bf16;
+use crate::tensor::DType;
 use crate::tensor::repack::{GROUP, GROUP_BLOCK};
 
 /// Dequantizes the whole groups of 8 interleaved rows of `k` values in `src` into `dst`
@@ -123,6 +126,64 @@ pub(crate) fn q6_k_rows(cpu: Avx512Bf16, src: &[u8], dst: &mut [bf16]) -> bool {
     true
 }
 
+/// Dequantizes whole Q8_0 / Q4_0 / Q4_1 blocks (`src`) into `dst` (32 bf16 per block). False
+/// (nothing written) for other dtypes or when the lengths do not match.
+pub(crate) fn blocks32_rows(cpu: Avx512Bf16, dtype: DType, src: &[u8], dst: &mut [bf16]) -> bool {
+    let bb = match dtype {
+        DType::Q8_0 => 34,
+        DType::Q4_0 => 18,
+        DType::Q4_1 => 20,
+        _ => return false,
+    };
+    if !src.len().is_multiple_of(bb) || dst.len() != src.len() / bb * 32 {
+        return false;
+    }
+    for (blk, out) in src.chunks_exact(bb).zip(dst.chunks_exact_mut(32)) {
+        // SAFETY: `cpu` proves AVX-512 F/BW/VL + BF16; one whole block of `dtype`, 32 outputs.
+        unsafe { block32(cpu, dtype, blk, out) };
+    }
+    true
+}
+
+/// One 32-value block of Q8_0 (`d`, 32 i8), Q4_0 (`d`, 16 bytes of nibbles, offset 8) or Q4_1
+/// (`d`, `m`, 16 bytes of nibbles) into `out`, as the portable dequantization computes it.
+///
+/// # Safety
+/// AVX-512 F/BW/VL + BF16; `b` holds one whole block of `dtype` (Q8_0/Q4_0/Q4_1), `out.len() >= 32`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn block32(_cpu: Avx512Bf16, dtype: DType, b: &[u8], out: &mut [bf16]) {
+    let d = _mm512_set1_ps(f16::from_le_bytes([b[0], b[1]]).to_f32());
+    let (f0, f1) = if dtype == DType::Q8_0 {
+        assert!(b.len() >= 34, "whole Q8_0 block");
+        // SAFETY: 32 bytes at 2 are inside the block.
+        let q = unsafe { _mm256_loadu_si256(b.as_ptr().add(2).cast()) };
+        let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+        let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)));
+        (_mm512_mul_ps(d, lo), _mm512_mul_ps(d, hi))
+    } else {
+        let at = if dtype == DType::Q4_1 { 4 } else { 2 };
+        assert!(b.len() >= at + 16, "whole Q4_0 / Q4_1 block");
+        // SAFETY: 16 bytes at `at` are inside the block.
+        let q = unsafe { _mm_loadu_si128(b.as_ptr().add(at).cast()) };
+        let m4 = _mm_set1_epi8(0x0f);
+        let (lo, hi) = (_mm_and_si128(q, m4), _mm_and_si128(_mm_srli_epi16::<4>(q), m4));
+        let (lo, hi) = (_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)));
+        if dtype == DType::Q4_1 {
+            let m = _mm512_set1_ps(f16::from_le_bytes([b[2], b[3]]).to_f32());
+            (_mm512_add_ps(_mm512_mul_ps(d, lo), m), _mm512_add_ps(_mm512_mul_ps(d, hi), m))
+        } else {
+            let eight = _mm512_set1_ps(8.0);
+            (_mm512_mul_ps(d, _mm512_sub_ps(lo, eight)), _mm512_mul_ps(d, _mm512_sub_ps(hi, eight)))
+        }
+    };
+    assert!(out.len() >= 32, "32 outputs");
+    // SAFETY: 32 bf16 inside `out`; same-size types.
+    unsafe {
+        let w = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(f1, f0));
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), w);
+    }
+}
+
 /// One Q6_K block (ggml's layout: `ql[128]`, `qh[64]`, `scales[16]` i8, `d` f16) into `out`.
 ///
 /// # Safety
@@ -211,6 +272,28 @@ mod tests {
         }
         assert!(!q6_k_rows(cpu, &q[..q.len() - 1], &mut got), "partial block");
         assert!(!q6_k_rows(cpu, &q, &mut got[1..]), "short output");
+    }
+
+    #[test]
+    fn blocks32_match_the_portable_route_bit_for_bit() {
+        let Some(cpu) = Avx512Bf16::new() else {
+            println!("no AVX512_BF16 on this CPU: the kernel is not tested");
+            return;
+        };
+        let n = 5 * 32;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / 32) as f32)).collect();
+        for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
+            let q = quantize_to_vec(dtype, &x).unwrap();
+            let mut want = vec![0.0f32; n];
+            crate::tensor::quant::dequantize(dtype, &q, &mut want).unwrap();
+            let mut got = vec![bf16::ZERO; n];
+            assert!(blocks32_rows(cpu, dtype, &q, &mut got));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "{dtype} value {i}: {g} vs {w}");
+            }
+            assert!(!blocks32_rows(cpu, dtype, &q[..q.len() - 1], &mut got), "partial block");
+        }
+        assert!(!blocks32_rows(cpu, DType::Q6_K, &[0; 210], &mut [bf16::ZERO; 256]), "not a 32-block dtype");
     }
 
     #[test]
