@@ -12,11 +12,7 @@ pub fn softmax_row(x: &mut [f32]) -> f32 {
     if max == f32::NEG_INFINITY {
         return max;
     }
-    let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
+    let sum = crate::op::cpu::exp_shift_sum(x, max);
     let inv = (1.0 / sum) as f32;
     x.iter_mut().for_each(|v| *v *= inv);
     max + (sum as f32).ln()

@@ -36,7 +36,7 @@ mod avx512_wgemm;
 mod dequant_bf16;
 
 pub use simd::{Isa, isa};
-pub use vec::{axpy_f32, dot_f32, silu_mul_f32};
+pub use vec::{axpy_f32, dot_f32, exp_shift_sum, silu_mul_f32};
 
 use super::Precision;
 use crate::base::{Error, Result};

@@ -25,6 +25,30 @@ pub fn silu_mul_f32(gate: &[f32], up: &[f32], out: &mut [f32]) {
     silu_mul_with(simd::active(), gate, up, out)
 }
 
+/// `x[i] = e^(x[i] - m)` in place (softmax's numerators, `m` the row's maximum); returns their
+/// sum, accumulated in f64. On AVX-512 the exponential is the Cephes polynomial of
+/// [`silu_mul_f32`] (within 2 ulp of `f32::exp`); shifted inputs below -88 give 0 (`f32::exp`
+/// gives subnormals under 1.2e-38 there, and 0 for -inf, as here).
+pub fn exp_shift_sum(x: &mut [f32], m: f32) -> f64 {
+    exp_shift_sum_with(simd::active(), x, m)
+}
+
+/// [`exp_shift_sum`] on a given kernel family.
+pub(crate) fn exp_shift_sum_with(isa: Isa, x: &mut [f32], m: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 && simd::detected() >= Isa::Avx512 {
+        // SAFETY: AVX-512 F/BW/VL were detected at runtime just above.
+        return unsafe { x86::exp_shift_sum_avx512(x, m) };
+    }
+    let _ = isa;
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - m).exp();
+        sum += f64::from(*v);
+    }
+    sum
+}
+
 /// [`silu_mul_f32`] on a given kernel family.
 pub(crate) fn silu_mul_with(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
     let n = gate.len().min(up.len()).min(out.len());
@@ -136,6 +160,32 @@ mod x86 {
             }
             i += 16;
         }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    pub(super) fn exp_shift_sum_avx512(x: &mut [f32], m: f32) -> f64 {
+        let n = x.len();
+        let (p, vm, floor) = (x.as_mut_ptr(), _mm512_set1_ps(m), _mm512_set1_ps(-EXP_MAX));
+        let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+        let mut i = 0;
+        while i < n {
+            let k: __mmask16 = if n - i >= 16 { u16::MAX } else { (1u16 << (n - i)) - 1 };
+            // SAFETY: the mask selects min(16, n - i) lanes, all inside `x`.
+            unsafe {
+                let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), vm);
+                // Lanes past the row and shifted inputs below -88 (-inf included) give 0.
+                let keep = k & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(d, floor);
+                let e = _mm512_maskz_mov_ps(keep, exp512(d));
+                _mm512_mask_storeu_ps(p.add(i), k, e);
+                lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+                hi = _mm512_add_pd(
+                    hi,
+                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)))),
+                );
+            }
+            i += 16;
+        }
+        _mm512_reduce_add_pd(_mm512_add_pd(lo, hi))
     }
 
     #[inline]
@@ -298,6 +348,26 @@ mod tests {
         let mut y = vec![1.0; 2];
         axpy_f32(2.0, &[1.0, 2.0, 3.0], &mut y);
         assert_eq!(y, [3.0, 5.0]);
+    }
+
+    /// Every ISA's softmax numerators and their sum against f64 (odd lengths, -inf, deep tails).
+    #[test]
+    fn exp_shift_sum_matches_f64_on_every_isa() {
+        let mut x: Vec<f32> = (0..301).map(|i| (i as f32 - 250.0) * 0.37).collect(); // -92.5 ..= 18.5
+        x.extend([f32::NEG_INFINITY, -87.9, -88.1, 0.0, 18.5]);
+        for isa in simd::available() {
+            for n in [0, 1, 15, 16, 17, 33, x.len()] {
+                let mut got = x[..n].to_vec();
+                let sum = exp_shift_sum_with(isa, &mut got, 18.5);
+                let mut want_sum = 0f64;
+                for (g, v) in got.iter().zip(&x[..n]) {
+                    let want = f64::from(*v - 18.5).exp(); // of the f32 difference, as the kernels take it
+                    want_sum += want;
+                    assert!((f64::from(*g) - want).abs() <= 1e-6 * want + 1e-37, "{isa:?} x={v}: {g} vs {want}");
+                }
+                assert!((sum - want_sum).abs() <= 1e-6 * want_sum + 1e-36, "{isa:?} n={n}: sum {sum} vs {want_sum}");
+            }
+        }
     }
 
     /// Every ISA's `silu(g) · u` against f64 over the whole f32 range of interest (saturated
