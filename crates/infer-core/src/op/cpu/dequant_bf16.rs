@@ -22,10 +22,22 @@ use super::avx512::Avx512Bf16;
 use crate::tensor::DType;
 use crate::tensor::repack::{GROUP, GROUP_BLOCK};
 
+/// Dequantizes the rows of `k` values in `src` (whole blocks of `dtype`) into `dst` with the
+/// kernel for `dtype`; false (nothing written) for a dtype without one (Q4_K in the file's
+/// layout) or lengths that do not match.
+pub(crate) fn rows(cpu: Avx512Bf16, dtype: DType, src: &[u8], k: usize, dst: &mut [bf16]) -> bool {
+    match dtype {
+        DType::Q4_Kx8 => q4_k_x8_rows(cpu, src, k, dst),
+        DType::Q6_K => q6_k_rows(cpu, src, dst),
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => blocks32_rows(cpu, dtype, src, dst),
+        _ => false,
+    }
+}
+
 /// Dequantizes the whole groups of 8 interleaved rows of `k` values in `src` into `dst`
 /// (row-major, `k` bf16 per row). False (nothing written) when the lengths are not whole groups
 /// of whole 256-blocks.
-pub(crate) fn q4_k_x8_rows(cpu: Avx512Bf16, src: &[u8], k: usize, dst: &mut [bf16]) -> bool {
+fn q4_k_x8_rows(cpu: Avx512Bf16, src: &[u8], k: usize, dst: &mut [bf16]) -> bool {
     let nb = k / 256;
     if k == 0 || !k.is_multiple_of(256) || !src.len().is_multiple_of(nb * GROUP_BLOCK) {
         return false;
@@ -89,8 +101,6 @@ unsafe fn group_block(_cpu: Avx512Bf16, gb: &[u8], rows: &mut [bf16], k: usize, 
             let nib = [_mm512_and_si512(bytes, m4), _mm512_and_si512(_mm512_srli_epi16::<4>(bytes), m4)];
             for r in 0..2 {
                 let l = 2 * p + r;
-                // SAFETY: row l < 8 starts at l * k; values at + 64c .. + 64c + 64 <= at + 256.
-                let out = unsafe { rows.as_mut_ptr().add(l * k + at + 64 * c) };
                 for (h, nib) in nib.iter().enumerate() {
                     // Sub-block 2c + h: 32 values of row l (bytes 32r.. of the pair vector).
                     let (d, m) = (_mm512_set1_ps(dsc[2 * c + h][l]), _mm512_set1_ps(dmn[2 * c + h][l]));
@@ -101,11 +111,7 @@ unsafe fn group_block(_cpu: Avx512Bf16, gb: &[u8], rows: &mut [bf16], k: usize, 
                     };
                     let (f0, f1) =
                         (scale16(_mm256_castsi256_si128(q), d, m), scale16(_mm256_extracti128_si256::<1>(q), d, m));
-                    // SAFETY: 32 bf16 at out + 32h, inside the row (see above); same-size types.
-                    unsafe {
-                        let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(f1, f0));
-                        _mm512_storeu_si512(out.add(32 * h).cast(), v);
-                    }
+                    store32(&mut rows[l * k + at + 64 * c + 32 * h..], f0, f1);
                 }
             }
         }
@@ -114,7 +120,7 @@ unsafe fn group_block(_cpu: Avx512Bf16, gb: &[u8], rows: &mut [bf16], k: usize, 
 
 /// Dequantizes whole Q6_K blocks (`src`, 210 bytes per 256 values) into `dst` (as many bf16).
 /// False (nothing written) when the lengths do not match.
-pub(crate) fn q6_k_rows(cpu: Avx512Bf16, src: &[u8], dst: &mut [bf16]) -> bool {
+fn q6_k_rows(cpu: Avx512Bf16, src: &[u8], dst: &mut [bf16]) -> bool {
     const BB: usize = 210;
     if !src.len().is_multiple_of(BB) || dst.len() != src.len() / BB * 256 {
         return false;
@@ -128,7 +134,7 @@ pub(crate) fn q6_k_rows(cpu: Avx512Bf16, src: &[u8], dst: &mut [bf16]) -> bool {
 
 /// Dequantizes whole Q8_0 / Q4_0 / Q4_1 blocks (`src`) into `dst` (32 bf16 per block). False
 /// (nothing written) for other dtypes or when the lengths do not match.
-pub(crate) fn blocks32_rows(cpu: Avx512Bf16, dtype: DType, src: &[u8], dst: &mut [bf16]) -> bool {
+fn blocks32_rows(cpu: Avx512Bf16, dtype: DType, src: &[u8], dst: &mut [bf16]) -> bool {
     let bb = match dtype {
         DType::Q8_0 => 34,
         DType::Q4_0 => 18,
@@ -176,12 +182,7 @@ unsafe fn block32(_cpu: Avx512Bf16, dtype: DType, b: &[u8], out: &mut [bf16]) {
             (_mm512_mul_ps(d, _mm512_sub_ps(lo, eight)), _mm512_mul_ps(d, _mm512_sub_ps(hi, eight)))
         }
     };
-    assert!(out.len() >= 32, "32 outputs");
-    // SAFETY: 32 bf16 inside `out`; same-size types.
-    unsafe {
-        let w = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(f1, f0));
-        _mm512_storeu_si512(out.as_mut_ptr().cast(), w);
-    }
+    store32(out, f0, f1);
 }
 
 /// One Q6_K block (ggml's layout: `ql[128]`, `qh[64]`, `scales[16]` i8, `d` f16) into `out`.
@@ -216,12 +217,22 @@ unsafe fn q6_k_block(_cpu: Avx512Bf16, b: &[u8], out: &mut [bf16]) {
             let (s0, s1) = (_mm512_set1_ps(d * f32::from(s0)), _mm512_set1_ps(d * f32::from(s1)));
             let f0 = _mm512_mul_ps(s0, q6_values(_mm256_castsi256_si128(q), off));
             let f1 = _mm512_mul_ps(s1, q6_values(_mm256_extracti128_si256::<1>(q), off));
-            // SAFETY: 32 bf16 at 128n + 32j <= 224 inside `out` (256); same-size types.
-            unsafe {
-                let w = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(f1, f0));
-                _mm512_storeu_si512(out.as_mut_ptr().add(128 * n + 32 * j).cast(), w);
-            }
+            store32(&mut out[128 * n + 32 * j..], f0, f1);
         }
+    }
+}
+
+/// `f0` (values 0..16) and `f1` (16..32) rounded to bf16 (nearest even) into `out[..32]`.
+/// Panics when `out` is shorter.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+fn store32(out: &mut [bf16], f0: __m512, f1: __m512) {
+    let out = &mut out[..32];
+    // SAFETY: `out` holds exactly 32 bf16 (64 bytes), the store is unaligned; the transmute is
+    // between same-size plain vector types.
+    unsafe {
+        let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(f1, f0));
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
     }
 }
 

@@ -95,16 +95,9 @@ pub(super) fn matmul(
             ld,
             col,
             |wb, dst| {
-                // Interleaved Q4_K, Q6_K and the 32-blocks go to bf16 in one pass (same values as the
-                // route below, which remains for other dtypes).
-                if dtype == DType::Q4_Kx8 && super::dequant_bf16::q4_k_x8_rows(bf, wb, k, dst) {
+                // One pass to bf16 where `dequant_bf16` has the dtype (same values as the route below).
+                if super::dequant_bf16::rows(bf, dtype, wb, k, dst) {
                     return;
-                }
-                if dtype == DType::Q6_K && super::dequant_bf16::q6_k_rows(bf, wb, dst) {
-                    return;
-                }
-                if super::dequant_bf16::blocks32_rows(bf, dtype, wb, dst) {
-                    return; // Q8_0 / Q4_0 / Q4_1
                 }
                 let mut f = vec![0.0f32; dst.len()];
                 deq(wb, &mut f);
