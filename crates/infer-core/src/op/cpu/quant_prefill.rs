@@ -78,11 +78,11 @@ pub(super) fn matmul(
         super::matmul_into(super::simd::active(), true, x, blk, out, m, nr, k);
     };
     // The bf16 GEMM reads activations packed in blocks of 16 rows: packed once here for every
-    // block of weight rows (the GEMM would pack them per call).
+    // block of weight rows (the GEMM would pack them per call). Where `matmul_into` would take
+    // another kernel (odd k, a few rows, `INFER_CPU_GEMM=packed`, an ISA capped below AVX-512) it still does.
+    let wbcast = super::simd::active() >= super::simd::Isa::Avx512 && m > super::GEMV_MAX_ROWS && !super::packed_bf16();
     let packed = match rows {
-        Rows::Bf16(bf) if k.is_multiple_of(2) && !super::packed_bf16() => {
-            Some(super::avx512_wgemm::pack_acts(bf, x, m, k))
-        }
+        Rows::Bf16(bf) if k.is_multiple_of(2) && wbcast => Some(super::avx512_wgemm::pack_acts(bf, x, m, k)),
         _ => None,
     };
     match rows {
