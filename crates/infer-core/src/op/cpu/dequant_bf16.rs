@@ -9,9 +9,9 @@
 //!   (4 bytes of each of 8 rows, 8 times: `tensor::repack`) is transposed in registers to row
 //!   order (one `vpermd` per 64 bytes, then two rounds of `vpermt2q`), its nibbles widened to
 //!   f32 and scaled as ggml does (`d·sc · q - dmin·m`, a multiply then a subtract).
-//! * Q6_K ([`q6_k_rows`]): low nibbles and high bit pairs of 32 values at a time combined with
+//! * Q6_K ([`q6_k_block`]): low nibbles and high bit pairs of 32 values at a time combined with
 //!   byte masks and shifts, `(d·sc) · (q - 32)`.
-//! * Q8_0, Q4_0, Q4_1 ([`blocks32_rows`]): a block of 32 values per register pair, `d · q`,
+//! * Q8_0, Q4_0, Q4_1 ([`block32`]): a block of 32 values per register pair, `d · q`,
 //!   `d · (q - 8)`, `d · q + m`.
 
 use std::arch::x86_64::*;
@@ -26,12 +26,22 @@ use crate::tensor::repack::{GROUP, GROUP_BLOCK};
 /// kernel for `dtype`; false (nothing written) for a dtype without one (Q4_K in the file's
 /// layout) or lengths that do not match.
 pub(crate) fn rows(cpu: Avx512Bf16, dtype: DType, src: &[u8], k: usize, dst: &mut [bf16]) -> bool {
-    match dtype {
-        DType::Q4_Kx8 => q4_k_x8_rows(cpu, src, k, dst),
-        DType::Q6_K => q6_k_rows(cpu, src, dst),
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => blocks32_rows(cpu, dtype, src, dst),
-        _ => false,
+    let kernel: unsafe fn(Avx512Bf16, DType, &[u8], &mut [bf16]) = match dtype {
+        DType::Q4_Kx8 => return q4_k_x8_rows(cpu, src, k, dst),
+        DType::Q6_K => q6_k_block,
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => block32,
+        _ => return false,
+    };
+    let (bb, bs) = (dtype.block_bytes(), dtype.block_size());
+    if !src.len().is_multiple_of(bb) || dst.len() != src.len() / bb * bs {
+        return false;
     }
+    for (blk, out) in src.chunks_exact(bb).zip(dst.chunks_exact_mut(bs)) {
+        // SAFETY: `cpu` proves AVX-512 F/BW/VL + BF16; `blk` is one whole block of `dtype` and
+        // `out` its `block_size()` outputs (lengths checked above), as both kernels require.
+        unsafe { kernel(cpu, dtype, blk, out) };
+    }
+    true
 }
 
 /// Dequantizes the whole groups of 8 interleaved rows of `k` values in `src` into `dst`
@@ -118,39 +128,6 @@ unsafe fn group_block(_cpu: Avx512Bf16, gb: &[u8], rows: &mut [bf16], k: usize, 
     }
 }
 
-/// Dequantizes whole Q6_K blocks (`src`, 210 bytes per 256 values) into `dst` (as many bf16).
-/// False (nothing written) when the lengths do not match.
-fn q6_k_rows(cpu: Avx512Bf16, src: &[u8], dst: &mut [bf16]) -> bool {
-    const BB: usize = 210;
-    if !src.len().is_multiple_of(BB) || dst.len() != src.len() / BB * 256 {
-        return false;
-    }
-    for (blk, out) in src.chunks_exact(BB).zip(dst.chunks_exact_mut(256)) {
-        // SAFETY: `cpu` proves AVX-512 F/BW/VL + BF16; one whole block and 256 outputs.
-        unsafe { q6_k_block(cpu, blk, out) };
-    }
-    true
-}
-
-/// Dequantizes whole Q8_0 / Q4_0 / Q4_1 blocks (`src`) into `dst` (32 bf16 per block). False
-/// (nothing written) for other dtypes or when the lengths do not match.
-fn blocks32_rows(cpu: Avx512Bf16, dtype: DType, src: &[u8], dst: &mut [bf16]) -> bool {
-    let bb = match dtype {
-        DType::Q8_0 => 34,
-        DType::Q4_0 => 18,
-        DType::Q4_1 => 20,
-        _ => return false,
-    };
-    if !src.len().is_multiple_of(bb) || dst.len() != src.len() / bb * 32 {
-        return false;
-    }
-    for (blk, out) in src.chunks_exact(bb).zip(dst.chunks_exact_mut(32)) {
-        // SAFETY: `cpu` proves AVX-512 F/BW/VL + BF16; one whole block of `dtype`, 32 outputs.
-        unsafe { block32(cpu, dtype, blk, out) };
-    }
-    true
-}
-
 /// One 32-value block of Q8_0 (`d`, 32 i8), Q4_0 (`d`, 16 bytes of nibbles, offset 8) or Q4_1
 /// (`d`, `m`, 16 bytes of nibbles) into `out`, as the portable dequantization computes it.
 ///
@@ -190,7 +167,7 @@ unsafe fn block32(_cpu: Avx512Bf16, dtype: DType, b: &[u8], out: &mut [bf16]) {
 /// # Safety
 /// AVX-512 F/BW/VL + BF16; `b.len() >= 210`, `out.len() >= 256`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn q6_k_block(_cpu: Avx512Bf16, b: &[u8], out: &mut [bf16]) {
+unsafe fn q6_k_block(_cpu: Avx512Bf16, _dtype: DType, b: &[u8], out: &mut [bf16]) {
     assert!(b.len() >= 210 && out.len() >= 256, "whole Q6_K block");
     let d = f16::from_le_bytes([b[208], b[209]]).to_f32();
     let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x03));
@@ -277,12 +254,12 @@ mod tests {
         let mut want = vec![0.0f32; n];
         crate::tensor::quant::dequantize(DType::Q6_K, &q, &mut want).unwrap();
         let mut got = vec![bf16::ZERO; n];
-        assert!(q6_k_rows(cpu, &q, &mut got));
+        assert!(rows(cpu, DType::Q6_K, &q, n, &mut got));
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "value {i}: {g} vs {w}");
         }
-        assert!(!q6_k_rows(cpu, &q[..q.len() - 1], &mut got), "partial block");
-        assert!(!q6_k_rows(cpu, &q, &mut got[1..]), "short output");
+        assert!(!rows(cpu, DType::Q6_K, &q[..q.len() - 1], n, &mut got), "partial block");
+        assert!(!rows(cpu, DType::Q6_K, &q, n, &mut got[1..]), "short output");
     }
 
     #[test]
@@ -298,13 +275,16 @@ mod tests {
             let mut want = vec![0.0f32; n];
             crate::tensor::quant::dequantize(dtype, &q, &mut want).unwrap();
             let mut got = vec![bf16::ZERO; n];
-            assert!(blocks32_rows(cpu, dtype, &q, &mut got));
+            assert!(rows(cpu, dtype, &q, n, &mut got));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "{dtype} value {i}: {g} vs {w}");
             }
-            assert!(!blocks32_rows(cpu, dtype, &q[..q.len() - 1], &mut got), "partial block");
+            assert!(!rows(cpu, dtype, &q[..q.len() - 1], n, &mut got), "partial block");
         }
-        assert!(!blocks32_rows(cpu, DType::Q6_K, &[0; 210], &mut [bf16::ZERO; 256]), "not a 32-block dtype");
+        assert!(
+            !rows(cpu, DType::Q4_K, &[0; 144], 256, &mut [bf16::ZERO; 256]),
+            "no kernel for Q4_K in the file layout"
+        );
     }
 
     #[test]
@@ -321,12 +301,12 @@ mod tests {
             let mut want = vec![0.0f32; n * k];
             dequantize_rows(&q, k, &mut want).unwrap();
             let mut got = vec![bf16::ZERO; n * k];
-            assert!(q4_k_x8_rows(cpu, &q, k, &mut got));
+            assert!(rows(cpu, DType::Q4_Kx8, &q, k, &mut got));
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "n={n} k={k} [{}, {}]", i / k, i % k);
             }
-            assert!(!q4_k_x8_rows(cpu, &q[..q.len() - 1], k, &mut got), "partial group");
-            assert!(!q4_k_x8_rows(cpu, &q, k, &mut got[1..]), "short output");
+            assert!(!rows(cpu, DType::Q4_Kx8, &q[..q.len() - 1], k, &mut got), "partial group");
+            assert!(!rows(cpu, DType::Q4_Kx8, &q, k, &mut got[1..]), "short output");
         }
     }
 }
