@@ -32,8 +32,14 @@ cudaError_t infer_attention_prefill_launch(const bf16 *q, const bf16 *k, const b
 
 // Cache positions per split: 256 (one batch of loads per thread for head_dim 64), doubled while
 // that would give more than 64 splits. Up to L = 256 one block per head block does everything.
+// INFER_ATTN_CHUNK=<power of two in 32..4096> sets the smallest chunk (A/B timing).
 static int dec_chunk(int ctx) {
-    int c = 256;
+    static const int c0 = [] {
+        const char *e = getenv("INFER_ATTN_CHUNK");
+        const int v = e ? atoi(e) : 0;
+        return v >= 32 && v <= 4096 && (v & (v - 1)) == 0 ? v : 256;
+    }();
+    int c = c0;
     while (c < 4096 && infer_cdiv(ctx, c) > 64) c *= 2;
     return c;
 }
@@ -288,10 +294,37 @@ static cudaError_t launch_decode(const bf16 *q, const bf16 *k, const bf16 *v, co
     }
 }
 
+// Query heads per block of the decode split kernel: the largest power of two <= 8 dividing the
+// group (K/V rows loaded once for HB heads), except a group of 4 with head_dim 64 (Llama-3.2-1B)
+// when the launch serves at most 2,048 positions (len_bound), which takes 2: twice the blocks, each
+// K/V row read twice from L2, a shorter chain per block. H100, per-op decode step of Llama-3.2-1B
+// (kernel harness, two rounds each, session 14): 1,020 vs 1,041 us at position 144 (1,024 cache),
+// with a 4,096 cache 1,060 vs 1,095 at 1,023 and 1,076 vs 1,100 at 2,047, but 1,154 vs 1,128 at
+// 4,095 (hence the bound: the engine captures separate graphs below and above 2,048 positions).
+// INFER_ATTN_HB=1|2|4|8 overrides it (A/B timing; must divide the group).
+static int decode_heads_per_block(int group, int head_dim, int len_bound) {
+    static const int hb_env = [] {
+        const char *e = getenv("INFER_ATTN_HB");
+        return e ? atoi(e) : 0;
+    }();
+    if (hb_env > 0 && hb_env <= 8 && group % hb_env == 0 && (hb_env & (hb_env - 1)) == 0) return hb_env;
+    if (group == 4 && head_dim == 64 && len_bound <= 2048) return 2;
+    return group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+}
+
 extern "C" cudaError_t infer_attention_bf16(const void *q, const void *k_cache, const void *v_cache, void *out,
                                             const int32_t *pos_dev, int seq, int n_heads, int n_kv_heads,
                                             int head_dim, int ctx, float *workspace, size_t workspace_bytes,
                                             cudaStream_t stream) {
+    return infer_attention_bound_bf16(q, k_cache, v_cache, out, pos_dev, seq, n_heads, n_kv_heads, head_dim, ctx, ctx,
+                                      workspace, workspace_bytes, stream);
+}
+
+extern "C" cudaError_t infer_attention_bound_bf16(const void *q, const void *k_cache, const void *v_cache, void *out,
+                                                  const int32_t *pos_dev, int seq, int n_heads, int n_kv_heads,
+                                                  int head_dim, int ctx, int len_bound, float *workspace,
+                                                  size_t workspace_bytes, cudaStream_t stream) {
+    INFER_CHECK_ARG(len_bound >= 1);
     INFER_CHECK_ARG(seq >= 1 && n_heads >= 1 && n_kv_heads >= 1 && n_heads % n_kv_heads == 0);
     INFER_CHECK_ARG(head_dim >= 8 && head_dim <= 256 && head_dim % 8 == 0 && ctx >= 1 && seq <= ctx);
     INFER_CHECK_ARG(q && k_cache && v_cache && out && pos_dev);
@@ -308,7 +341,7 @@ extern "C" cudaError_t infer_attention_bf16(const void *q, const void *k_cache, 
 
     INFER_CHECK_ARG(workspace && workspace_bytes >= infer_attention_workspace_bytes(n_heads, head_dim, ctx));
     INFER_CHECK_ARG(nsplit_for(ctx) <= 65535);
-    const int hb = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+    const int hb = decode_heads_per_block(group, head_dim, len_bound);
     static const bool separate_env = [] {
         const char *e = getenv("INFER_ATTN_COMBINE");
         return e && e[0] == '1';

@@ -94,6 +94,13 @@ cudaError_t infer_rope_kv_bf16(const void *qkv, void *q_out, void *k_cache, void
 cudaError_t infer_attention_bf16(const void *q, const void *k_cache, const void *v_cache, void *out,
                                  const int32_t *pos_dev, int seq, int n_heads, int n_kv_heads, int head_dim, int ctx,
                                  float *workspace, size_t workspace_bytes, cudaStream_t stream);
+/* The same, for a launch (or captured graph) that only serves cache lengths *pos_dev + seq <= len_bound:
+ * the decode kernel picks its work split by that bound (a performance hint: any length up to ctx is
+ * still computed correctly). infer_attention_bf16 passes len_bound = ctx. */
+cudaError_t infer_attention_bound_bf16(const void *q, const void *k_cache, const void *v_cache, void *out,
+                                       const int32_t *pos_dev, int seq, int n_heads, int n_kv_heads, int head_dim,
+                                       int ctx, int len_bound, float *workspace, size_t workspace_bytes,
+                                       cudaStream_t stream);
 size_t infer_attention_workspace_bytes(int n_heads, int head_dim, int ctx);
 
 /* SwiGLU over the fused gate/up projection gate_up [rows, 2 inter] laid out [gate | up] per row:

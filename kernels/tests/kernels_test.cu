@@ -203,14 +203,20 @@ static void check_attn(const char *tag, const std::vector<uint16_t> &out, const 
     c.done(name);
 }
 
-static void test_attention(int seq, int H, int KV, int D, int ctx, int pos0) {
+// bound > 0: through infer_attention_bound_bf16 with that length bound (a hint: results must not
+// depend on it, also for lengths past it).
+static void test_attention(int seq, int H, int KV, int D, int ctx, int pos0, int bound = 0) {
     AttnCase a = make_attn(seq, H, KV, D, ctx, pos0, 31 + seq * 17 + H + D * 3 + ctx + pos0);
     Dev<uint16_t> dq(a.q), dk(a.kc), dv(a.vc), dout((size_t)seq * H * D);
     Dev<int32_t> dpos(std::vector<int32_t>{pos0});
     const size_t wsb = infer_attention_workspace_bytes(H, D, ctx);
     Dev<float> ws(wsb / sizeof(float) + 1);
-    CK(infer_attention_bf16(dq.p, dk.p, dv.p, dout.p, dpos.p, seq, H, KV, D, ctx, ws.p, wsb, 0));
-    check_attn(seq == 1 ? "attn-decode" : "attn-prefill", dout.down(), a, seq, H, KV, D, ctx, pos0);
+    if (bound > 0)
+        CK(infer_attention_bound_bf16(dq.p, dk.p, dv.p, dout.p, dpos.p, seq, H, KV, D, ctx, bound, ws.p, wsb, 0));
+    else
+        CK(infer_attention_bf16(dq.p, dk.p, dv.p, dout.p, dpos.p, seq, H, KV, D, ctx, ws.p, wsb, 0));
+    check_attn(seq == 1 ? (bound > 0 ? "attn-decode-bound" : "attn-decode") : "attn-prefill", dout.down(), a, seq, H,
+               KV, D, ctx, pos0);
 }
 
 // Decode attention captured once in a CUDA graph, replayed at two positions written to device memory.
@@ -527,6 +533,9 @@ int main(int argc, char **argv) {
     test_attention(1, 8, 4, 32, 700, 650);     // head_dim 32
     test_attention(1, 32, 8, 64, 1024, 255);   // exactly one full split
     test_attention(1, 32, 8, 64, 1024, 256);   // one row into the second split
+    // Graphs below 2,048 positions in a 4,096 cache (two query heads per block), and past the bound.
+    for (int pos0 : {0, 300, 1023, 2047, 3000}) test_attention(1, 32, 8, 64, 4096, pos0, 2048);
+    test_attention(1, 32, 8, 128, 4096, 1500, 2048);  // 8B shape: the bound changes nothing
     test_attention_graph();
     test_attention(7, 4, 2, 16, 64, 5);
     test_attention(7, 32, 8, 64, 512, 13);

@@ -300,10 +300,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: u
     let ws = dev.scratch(ws_bytes)?;
     let mut tmp = None;
     let p = device_pos(pos, &dev, &mut tmp)?;
+    // Prefill and eager steps see their own length; a decode graph serves its position range.
+    let bound = if seq == 1 { crate::op::attention::decode_len_bound(pos.start, ctx) } else { ctx };
     // SAFETY: q/out [seq, nh hd] and caches [nkv, ctx, hd] bf16 device buffers (checked by the
     // op); ws has ws_bytes of device scratch; p points to one device i32.
     let st = unsafe {
-        ffi::infer_attention_bf16(
+        ffi::infer_attention_bound_bf16(
             ptr(q)?,
             ptr(k)?,
             ptr(v)?,
@@ -314,6 +316,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pos: &Positions, n_heads: u
             nkv,
             hd_i,
             ctx_i,
+            int(OP, bound)?,
             ws,
             ws_bytes,
             dev.stream.cu_stream() as _,

@@ -24,9 +24,12 @@ pub(crate) enum Select {
     Sample = 1,
 }
 
-/// The graph slot of a decode step: its selection, and whether it is the one-kernel step.
-pub(crate) fn graph_slot(select: Select, one_kernel: bool) -> usize {
-    select as usize + 2 * usize::from(one_kernel)
+/// The graph slot of a decode step: its selection, whether it is the one-kernel step, and its
+/// position range (below `op::attention::DECODE_SHORT_LEN` or not: the attention of a graph picks
+/// its work split by the range it serves).
+pub(crate) fn graph_slot(select: Select, one_kernel: bool, pos: usize) -> usize {
+    let long = pos >= crate::op::attention::DECODE_SHORT_LEN;
+    select as usize + 2 * usize::from(one_kernel) + 4 * usize::from(long)
 }
 
 /// Device-side state of a model on a GPU.
@@ -38,9 +41,9 @@ pub(crate) struct GpuState {
     pub ids: DeviceI32,
     /// Logits of the decode step, `[1, vocab]` f32.
     pub logits: Tensor,
-    /// The captured decode steps (indexed by [`graph_slot`]: selection and per-op or one-kernel
-    /// step) and the (workspace capacity, scratch epoch) each was captured with.
-    pub graphs: [Option<(CudaGraph, (usize, u64))>; 4],
+    /// The captured decode steps (indexed by [`graph_slot`]: selection, per-op or one-kernel step,
+    /// position range) and the (workspace capacity, scratch epoch) each was captured with.
+    pub graphs: [Option<(CudaGraph, (usize, u64))>; 8],
     /// Sampling state for non-greedy decoding on the device.
     pub sampler: DeviceSampler,
     /// Decode steps run eagerly so far (the first one sizes scratch buffers before capture).
@@ -79,7 +82,7 @@ impl GpuState {
             pos: DeviceI32::new(&dev, &[0])?,
             ids: DeviceI32::new(&dev, &vec![0; chunk])?,
             logits: Tensor::zeros_on(&[1, vocab], DType::F32, DeviceType::Cuda(ordinal))?,
-            graphs: [None, None, None, None],
+            graphs: Default::default(),
             sampler: DeviceSampler::new(&dev, vocab)?,
             eager_steps: 0,
             device_next: None,

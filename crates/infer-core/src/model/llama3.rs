@@ -711,7 +711,7 @@ impl Llama3 {
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
         let one_kernel = matches!(&g.decode_step, Some(Some(step)) if step.runs(g.decode_kernel, pos));
         g.last_step_kernel = one_kernel;
-        let slot = graph_slot(select, one_kernel);
+        let slot = graph_slot(select, one_kernel, pos);
         if g.graphs[slot].is_none() {
             let capture = g.eager_steps > 0;
             g.eager_steps += 1;

@@ -9,6 +9,17 @@ use crate::tensor::Tensor;
 
 const NAME: &str = "attention";
 
+/// GPU decode steps are captured as graphs per position range: below this many positions and
+/// from it on ([`decode_len_bound`]), so a graph's attention knows how long its cache rows can
+/// get and picks its work split by that (two query heads per block for Llama-3.2-1B below it:
+/// see `kernels/attention.cu`).
+pub const DECODE_SHORT_LEN: usize = 2048;
+
+/// The longest cache length a decode step at `start` (and every step its graph serves) reads.
+pub fn decode_len_bound(start: usize, ctx: usize) -> usize {
+    if start < DECODE_SHORT_LEN { ctx.min(DECODE_SHORT_LEN) } else { ctx }
+}
+
 /// Attention of `q` `[seq, n_heads * head_dim]` (already rotated; row `i` at position `pos.start + i`)
 /// over the cached `k`, `v` `[n_kv_heads, ctx, head_dim]` (positions `0..pos0 + seq` filled),
 /// writing `out` `[seq, n_heads * head_dim]`. Query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
