@@ -187,6 +187,19 @@ mod tests {
     use crate::tensor::DType;
 
     #[test]
+    fn decode_len_bound_covers_every_position_of_its_range() {
+        // A graph captured at `start` is replayed for every position of start's range: the bound
+        // must cover their lengths (pos + 1) and never exceed the cache.
+        for ctx in [1, 100, 2047, 2048, 2049, 4096, 131072] {
+            for start in [0, 1, 99, 2046, 2047, 2048, 2049, 4095, 131071].into_iter().filter(|&s| s < ctx) {
+                let b = decode_len_bound(start, ctx);
+                let range_end = if start < DECODE_SHORT_LEN { DECODE_SHORT_LEN.min(ctx) } else { ctx };
+                assert!(b <= ctx && b >= range_end, "ctx {ctx} start {start}: bound {b}");
+            }
+        }
+    }
+
+    #[test]
     fn matches_naive_gqa_on_odd_sizes() {
         // Prefill rows; decode rows over one or several spans per KV head (`decode_spans`).
         for cfg in [
