@@ -241,25 +241,31 @@ mod tests {
     use crate::tensor::quantize::quantize_to_vec;
     use crate::tensor::repack::{dequantize_rows, repack_q4_k};
 
+    /// `x` quantized to `dtype` (file layout): `rows` gives the portable route's values rounded to
+    /// bf16, bit for bit, and refuses a partial last block and a short output.
+    fn assert_matches_portable(cpu: Avx512Bf16, dtype: DType, x: &[f32]) {
+        let n = x.len();
+        let q = quantize_to_vec(dtype, x).unwrap();
+        let mut want = vec![0.0f32; n];
+        crate::tensor::quant::dequantize(dtype, &q, &mut want).unwrap();
+        let mut got = vec![bf16::ZERO; n];
+        assert!(rows(cpu, dtype, &q, n, &mut got));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "{dtype} value {i}: {g} vs {w}");
+        }
+        assert!(!rows(cpu, dtype, &q[..q.len() - 1], n, &mut got), "{dtype}: partial block");
+        assert!(!rows(cpu, dtype, &q, n, &mut got[1..]), "{dtype}: short output");
+    }
+
     #[test]
     fn q6_k_matches_the_portable_route_bit_for_bit() {
         let Some(cpu) = Avx512Bf16::new() else {
             println!("no AVX512_BF16 on this CPU: the kernel is not tested");
             return;
         };
-        let n = 3 * 256;
         let x: Vec<f32> =
-            (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / 16 % 9) as f32)).collect();
-        let q = quantize_to_vec(DType::Q6_K, &x).unwrap();
-        let mut want = vec![0.0f32; n];
-        crate::tensor::quant::dequantize(DType::Q6_K, &q, &mut want).unwrap();
-        let mut got = vec![bf16::ZERO; n];
-        assert!(rows(cpu, DType::Q6_K, &q, n, &mut got));
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "value {i}: {g} vs {w}");
-        }
-        assert!(!rows(cpu, DType::Q6_K, &q[..q.len() - 1], n, &mut got), "partial block");
-        assert!(!rows(cpu, DType::Q6_K, &q, n, &mut got[1..]), "short output");
+            (0..3 * 256).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / 16 % 9) as f32)).collect();
+        assert_matches_portable(cpu, DType::Q6_K, &x);
     }
 
     #[test]
@@ -268,18 +274,10 @@ mod tests {
             println!("no AVX512_BF16 on this CPU: the kernel is not tested");
             return;
         };
-        let n = 5 * 32;
-        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / 32) as f32)).collect();
+        let x: Vec<f32> =
+            (0..5 * 32).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i / 32) as f32)).collect();
         for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
-            let q = quantize_to_vec(dtype, &x).unwrap();
-            let mut want = vec![0.0f32; n];
-            crate::tensor::quant::dequantize(dtype, &q, &mut want).unwrap();
-            let mut got = vec![bf16::ZERO; n];
-            assert!(rows(cpu, dtype, &q, n, &mut got));
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g.to_bits(), bf16::from_f32(*w).to_bits(), "{dtype} value {i}: {g} vs {w}");
-            }
-            assert!(!rows(cpu, dtype, &q[..q.len() - 1], n, &mut got), "partial block");
+            assert_matches_portable(cpu, dtype, &x);
         }
         assert!(
             !rows(cpu, DType::Q4_K, &[0; 144], 256, &mut [bf16::ZERO; 256]),
