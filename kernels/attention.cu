@@ -60,8 +60,11 @@ struct DecCfg {
     static constexpr int UNROLL = UNROLL_REGS < 256 / ROWS ? UNROLL_REGS : (256 / ROWS > 0 ? 256 / ROWS : 1);
 };
 
+#ifndef ATTN_MINB
+#define ATTN_MINB 1
+#endif
 template <int HB, int D, int NW>
-__global__ void __launch_bounds__(NW * 32)
+__global__ void __launch_bounds__(NW * 32, ATTN_MINB)
 attn_decode_split(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
                   const int32_t *__restrict__ pos_dev, int group, int ctx, int chunk, int nsplit,
                   float *__restrict__ ws_ml, float *__restrict__ ws_acc, float scale_log2, bf16 *__restrict__ out) {
@@ -69,8 +72,10 @@ attn_decode_split(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const
     constexpr int TPR = C::TPR, RPW = C::RPW, ROWS = C::ROWS, UNROLL = C::UNROLL, NT = NW * 32;
     __shared__ float s_acc[NW][HB][D];
     __shared__ float s_m[NW][HB], s_l[NW][HB];
+    KPROF_SCOPE(2000 + HB);
     pdl_launch_dependents();
     pdl_wait();  // q, the caches and *pos_dev come from earlier kernels / copies
+    KPROF_WAITED();
     const int h0 = blockIdx.x * HB, kvh = h0 / group, split = blockIdx.y;
     const int L = min(*pos_dev + 1, ctx);
     const int t0 = split * chunk;

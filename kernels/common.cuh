@@ -68,6 +68,56 @@ __device__ __forceinline__ void pdl_trigger_after_stores() {
     pdl_launch_dependents();
 }
 
+// Kernel timeline probe (kernel harness only: the harness built with -DINFER_KPROF; compiled out
+// of the library). A block's thread 0 appends one record of 5 u64 to g_kprof (set by
+// infer_kprof_set; [0] counts records): tag | smid << 16 | blockIdx.x << 32, then %globaltimer (ns)
+// at entry, after the PDL wait, when its first weight load has landed (0 if none), at exit.
+#ifdef INFER_KPROF
+#define KPROF_MAX 400000ull
+extern __device__ unsigned long long *g_kprof;
+__device__ __forceinline__ unsigned long long kprof_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+struct KprofScope {  // records at scope exit (every return path)
+    int tag;
+    unsigned long long t0, t1 = 0, tl = 0;
+    __device__ explicit KprofScope(int tg) : tag(tg), t0(kprof_now()) {}
+    __device__ void waited() { t1 = kprof_now(); }
+    __device__ void landed(uint32_t v) {  // v: a register of the first weight load (waits for it)
+        asm volatile("" ::"r"(v));
+        uint32_t d;
+        asm volatile("mov.u32 %0, %1;" : "=r"(d) : "r"(v));
+        asm volatile("" ::"r"(d));
+        tl = kprof_now();
+    }
+    __device__ ~KprofScope() {
+        unsigned long long *b = g_kprof;
+        if (!b || threadIdx.x != 0) return;
+        const unsigned long long t2 = kprof_now();
+        unsigned smid;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+        const unsigned long long i = atomicAdd(b, 1ull);
+        if (i >= KPROF_MAX) return;
+        unsigned long long *r = b + 8 + i * 5;
+        r[0] = (unsigned long long)tag | (unsigned long long)smid << 16 | (unsigned long long)blockIdx.x << 32;
+        r[1] = t0;
+        r[2] = t1;
+        r[3] = tl;
+        r[4] = t2;
+    }
+};
+#define KPROF_SCOPE(tag) KprofScope kprof_scope(tag)
+#define KPROF_WAITED() kprof_scope.waited()
+#define KPROF_LANDED(v) \
+    if (threadIdx.x == 0) kprof_scope.landed(v)
+#else
+#define KPROF_SCOPE(tag)
+#define KPROF_WAITED()
+#define KPROF_LANDED(v)
+#endif
+
 bool infer_pdl_enabled();  // common.cu: device compute capability >= 9.0 and INFER_NO_PDL unset
 int infer_num_sms();       // common.cu: multiprocessor count of the current device (cached)
 

@@ -79,11 +79,11 @@ struct GemvArgs {
     const int32_t *pos;
     int n_heads, n_kv, head_dim, ctx;
     float evict_first;  // fraction of the weight loads marked L2 evict-first (set by launch_gemv_out)
-    int prefetch;       // m == 1: issue the next step's weight loads before this step's math (set by launch_gemv_out)
 };
 
 template <int OUT>
 constexpr bool gemv_paired() { return OUT == OUT_SWIGLU || OUT == OUT_ROPE_KV; }
+static inline bool gemv_paired_mode(int out) { return out == OUT_SWIGLU || out == OUT_ROPE_KV; }
 
 __device__ __forceinline__ float gemv_silu(float v) { return v / (1.f + __expf(-v)); }
 
@@ -178,10 +178,31 @@ __device__ __forceinline__ void gemv_pair_store(const GemvArgs &a, int gw, float
     }
 }
 
-template <int M, int R, int U, int IN, int OUT>
-__global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
+// Where a warp's weight loads land (m == 1 decode kernels; see launch_gemv_out): registers, one
+// step of U*R loads per lane (W_REG: rows of at most 256 U elements) or double-buffered (W_DB:
+// longer rows). Launch bounds cap the registers so that several blocks fit per SM: while a kernel
+// of the decode step runs, blocks of the next kernels become resident and issue their weight
+// loads before their PDL wait. Without the split every m == 1 kernel carried the second buffer's
+// registers (205-238 per thread: two 128-thread blocks per SM); now W_REG takes 110-128 and W_DB
+// 173-194. H100, Llama-3.2-1B per-op decode step (kernel harness, session 15): 986 vs 1,025 us at
+// position 144, 1,001 vs 1,064 at 1023; engine 999 vs 961 tok/s (generate() 1,006 vs 967).
+// Measured and dropped: staging W_REG's weights in shared memory by cp.async (56-71 registers,
+// six blocks per SM): 1,017 us at 144 (the attention waited behind the larger prefetch).
+enum GemvW { W_REG = 0, W_DB = 1 };
+#ifndef GEMV_MINB
+#define GEMV_MINB 4
+#endif
+#ifndef GEMV_MINB_DB
+#define GEMV_MINB_DB 2
+#endif
+
+template <int M, int R, int U, int IN, int OUT, int WM>
+__global__ void __launch_bounds__(GEMV_THREADS, WM == W_DB ? GEMV_MINB_DB : GEMV_MINB)
+    gemv_kernel(const GemvArgs a) {
+    KPROF_SCOPE(1000 + IN * 10 + OUT);
     pdl_launch_dependents();
     constexpr bool PAIR = gemv_paired<OUT>();
+    constexpr bool DB = WM == W_DB;
     static_assert(!PAIR || (M == 1 && R == 2), "paired outputs take two rows of one input row");
     const int n = a.n, k = a.k;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -203,6 +224,8 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
     RopeIn ri;
     if (PAIR && active && lane == 0) ri = gemv_rope_in<OUT>(a, gw);
     pdl_wait();
+    KPROF_WAITED();
+    KPROF_LANDED(wv[0][0].x);
 
     // Fused inputs (m == 1): the block forms the input row once, as bf16 in shared memory, while
     // the weight loads above are in flight; IN_NORM also reduces sum(x^2) over the block.
@@ -228,12 +251,11 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const GemvArgs a) {
         for (int r = 0; r < R; ++r) acc[mi][r] = 0.f;
 
     while (c0 < kv) {
-        // Double buffering (m == 1, long rows): the next step's weights are requested before this
-        // step's math, so each warp keeps loads in flight across steps.
-        constexpr bool DB = M == 1;
+        // Double buffering (DB: m == 1, rows longer than one step): the next step's weights are
+        // requested before this step's math, so each warp keeps loads in flight across steps.
         uint4 wn[DB ? U : 1][R];
         const int cn = c0 + 32 * U;
-        const bool db = DB && a.prefetch && cn < kv;
+        const bool db = DB && cn < kv;
         if (db) gemv_load_w<R, DB ? U : 1>(wn, wr, cn, kv, pol);
         // x loads for this step (all up front when they fit in registers, PRE_X); then the math.
         constexpr bool PRE_X = M * U <= 8;
@@ -317,27 +339,21 @@ static float gemv_evict_first() {
     return f;
 }
 
-template <int M, int R, int U, int IN>
-static cudaError_t launch_gemv_out(const GemvArgs &args, int out, cudaStream_t s) {
-    GemvArgs a = args;
-    a.evict_first = gemv_evict_first();
-    static const int prefetch = [] {
-        const char *e = getenv("INFER_GEMV_DB");
-        return e && e[0] == '0' ? 0 : 1;
-    }();
-    a.prefetch = prefetch;
+// One instantiation: weight mode WM (GemvW) as chosen by launch_gemv_out.
+template <int M, int R, int U, int IN, int WM>
+static cudaError_t launch_gemv_wm(const GemvArgs &a, int out, cudaStream_t s) {
     static_assert(M * R <= 32, "one lane stores each output");
     static_assert(M == 1 || IN == IN_BF16, "fused inputs are formed for one row");
     const dim3 block(GEMV_THREADS);
-    const size_t smem = IN == IN_BF16 ? 0 : (size_t)a.k * sizeof(bf16);  // <= 48 KB: checked by the launcher
+    const size_t smem = IN == IN_BF16 ? 0 : (size_t)a.k * sizeof(bf16);  // <= 32 KB: checked by the launchers
     if (out == OUT_BF16 || out == OUT_F32 || out == OUT_ADD_F32) {
         const dim3 grid(infer_cdiv(a.n, GEMV_WARPS * R));
         switch (out) {
-            case OUT_BF16: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_BF16>), grid, block, smem, s, a); break;
-            case OUT_F32: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_F32>), grid, block, smem, s, a); break;
+            case OUT_BF16: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_BF16, WM>), grid, block, smem, s, a); break;
+            case OUT_F32: INFER_LAUNCH((gemv_kernel<M, R, U, IN, OUT_F32, WM>), grid, block, smem, s, a); break;
             default:
                 if constexpr (M == 1)  // the residual epilogue is for one row
-                    INFER_LAUNCH((gemv_kernel<1, R, U, IN, OUT_ADD_F32>), grid, block, smem, s, a);
+                    INFER_LAUNCH((gemv_kernel<1, R, U, IN, OUT_ADD_F32, WM>), grid, block, smem, s, a);
                 else
                     return cudaErrorInvalidValue;
                 break;
@@ -348,12 +364,29 @@ static cudaError_t launch_gemv_out(const GemvArgs &args, int out, cudaStream_t s
     if constexpr (M == 1) {
         const dim3 grid(infer_cdiv(out == OUT_SWIGLU ? a.n : a.n / 2, GEMV_WARPS));
         if (out == OUT_SWIGLU)
-            INFER_LAUNCH((gemv_kernel<1, 2, 8, IN, OUT_SWIGLU>), grid, block, smem, s, a);
+            INFER_LAUNCH((gemv_kernel<1, 2, 8, IN, OUT_SWIGLU, WM>), grid, block, smem, s, a);
         else
-            INFER_LAUNCH((gemv_kernel<1, 2, 8, IN, OUT_ROPE_KV>), grid, block, smem, s, a);
+            INFER_LAUNCH((gemv_kernel<1, 2, 8, IN, OUT_ROPE_KV, WM>), grid, block, smem, s, a);
         return cudaGetLastError();
     }
     return cudaErrorInvalidValue;
+}
+
+// m == 1: rows longer than one step of U loads per lane (k > 256 U; the paired modes always step
+// by 8) double-buffer (INFER_GEMV_DB=0 turns it off: A/B timing).
+template <int M, int R, int U, int IN>
+static cudaError_t launch_gemv_out(const GemvArgs &args, int out, cudaStream_t s) {
+    GemvArgs a = args;
+    a.evict_first = gemv_evict_first();
+    static const bool db_on = [] {
+        const char *e = getenv("INFER_GEMV_DB");
+        return !(e && e[0] == '0');
+    }();
+    const int step = 32 * (gemv_paired_mode(out) ? 8 : U);
+    if constexpr (M == 1) {
+        if (db_on && a.k / 8 > step) return launch_gemv_wm<M, R, U, IN, W_DB>(a, out, s);
+    }
+    return launch_gemv_wm<M, R, U, IN, W_REG>(a, out, s);
 }
 
 template <int M, int R, int U>

@@ -117,6 +117,11 @@ cudaError_t infer_argmax_rows_f32(const float *logits, int rows, int n, int32_t 
                                   cudaStream_t stream);
 size_t infer_argmax_rows_workspace_bytes(int rows, int n);
 
+/* End of a decode step: host_slot[(*pos_dev + 1) & 1] = *next_id, then *pos_dev += 1 (one thread,
+ * after the step's last kernel). host_slot0/1: device-mapped page-locked host memory. */
+cudaError_t infer_decode_advance(const int32_t *next_id, int32_t *pos_dev, int32_t *host_slot0, int32_t *host_slot1,
+                                 cudaStream_t stream);
+
 /* Sampling parameters (device memory, so a captured decode graph reads the current ones). */
 typedef struct InferSampleParams {
     float temperature;        /* <= 0: greedy */

@@ -119,6 +119,11 @@ static void for_each_env_int(const char *name, F f) {
     }
 }
 
+#ifdef INFER_KPROF
+#define KPROF_MAX 400000ull  // as common.cuh
+extern "C" cudaError_t infer_kprof_set(unsigned long long *buf);  // common.cu (probe builds only)
+#endif
+
 static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
     const size_t hd = c.hidden, qkvn = (size_t)(c.H + 2 * c.KV) * c.D;
     const size_t per_layer = qkvn * hd + hd * (size_t)c.H * c.D + 2 * (size_t)c.inter * hd + hd * c.inter + 2 * hd;
@@ -212,6 +217,32 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
     printf("decode step %-5s (graph, PDL %s, %s) pos=%5d: %8.1f us/token = %6.0f tok/s, %5.0f GB/s effective (%3.0f%% of %.0f)\n",
            c.name, getenv("INFER_NO_PDL") ? "off" : "on", fused ? "fused" : "unfused", pos, us, 1e6 / us, bytes / us / 1e3, bytes / us / 1e3 / kPeakGBs * 100,
            kPeakGBs);
+#ifdef INFER_KPROF
+    // BENCH_KPROF=<prefix>: one replay with the timeline probe on (see common.cuh), raw records
+    // written to <prefix>_<pos>.bin (u64 count, then 5 u64 per block record).
+    if (const char *kp = getenv("BENCH_KPROF")) {
+        Dev<unsigned long long> buf(8 + 5 * KPROF_MAX);
+        for (int rep = 0; rep < 2; ++rep) {  // the second replay is the one kept (warm)
+            CK(cudaMemset(buf.p, 0, buf.n * 8));
+            CK(cudaStreamSynchronize(s));
+            CK(infer_kprof_set(buf.p));
+            CK(cudaDeviceSynchronize());
+            CK(cudaGraphLaunch(ge, s));
+            CK(cudaStreamSynchronize(s));
+            CK(infer_kprof_set(nullptr));
+            CK(cudaDeviceSynchronize());
+        }
+        const std::vector<unsigned long long> h = buf.down();
+        const unsigned long long nrec = std::min<unsigned long long>(h[0], KPROF_MAX);
+        const std::string path = std::string(kp) + "_" + std::to_string(pos) + ".bin";
+        if (FILE *f = fopen(path.c_str(), "wb")) {
+            fwrite(&nrec, 8, 1, f);
+            fwrite(h.data() + 8, 8, 5 * nrec, f);
+            fclose(f);
+        }
+        printf("  kprof: %llu block records -> %s\n", nrec, path.c_str());
+    }
+#endif
     if (getenv("BENCH_NO_ONE_KERNEL")) {  // per-op step only (A/B runs of its switches)
         cudaEventDestroy(a);
         cudaEventDestroy(b);

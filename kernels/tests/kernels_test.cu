@@ -291,6 +291,42 @@ static void argmax_cases() {
     test_argmax("n=2049 max in 2nd block", y, 2048);
 }
 
+// Decode step end: argmax into a device id, then infer_decode_advance publishes it to the mapped
+// host slot of the new position's parity and advances the position; two steps in a graph replay
+// (as the engine runs them) alternate the slots.
+static void test_decode_advance() {
+    int32_t *host = nullptr, *hdev = nullptr;
+    CK(cudaHostAlloc(&host, 2 * sizeof(int32_t), cudaHostAllocMapped));
+    CK(cudaHostGetDevicePointer((void **)&hdev, host, 0));
+    host[0] = host[1] = -1;
+    Dev<float> logits(std::vector<float>{0.f, 3.f, 9.f, 1.f});
+    Dev<int32_t> id(1), pos(std::vector<int32_t>{5});
+    Dev<uint8_t> ws(infer_argmax_workspace_bytes(4));
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    CK(infer_argmax_f32(logits.p, 4, id.p, ws.p, s));
+    CK(infer_decode_advance(id.p, pos.p, hdev, hdev + 1, s));
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaStreamSynchronize(s));
+    const int p1 = pos.down()[0], a0 = host[0];
+    CK(cudaMemcpy(logits.p + 3, std::vector<float>{10.f}.data(), 4, cudaMemcpyHostToDevice));
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaStreamSynchronize(s));
+    const int p2 = pos.down()[0], b1 = host[1], b0 = host[0];
+    report("decode_advance: id to slot (pos+1)&1, pos+1, two replays", p1 == 6 && a0 == 2 && p2 == 7 && b1 == 3 && b0 == 2,
+           "pos %d %d slots %d %d %d", p1, p2, a0, b0, b1);
+    report("decode_advance rejects null pointers", infer_decode_advance(id.p, nullptr, hdev, hdev + 1, s) == cudaErrorInvalidValue, "");
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    cudaStreamDestroy(s);
+    cudaFreeHost(host);
+}
+
 static void test_conversions() {
     Rng r(77);
     const size_t n = 100003;
@@ -551,6 +587,7 @@ int main(int argc, char **argv) {
     test_swiglu(3, 192);
     test_swiglu(2, 36);
     argmax_cases();
+    test_decode_advance();
     test_conversions();
     test_validation();
     test_convert_then_gemv();

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublaslt::CudaBlasLT;
-use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DriverError, sys};
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DriverError, PinnedHostSlice, sys};
 
 use crate::base::{Error, Result};
 
@@ -201,4 +201,20 @@ impl EventTimer {
         self.stop.synchronize().map_err(|e| driver_err("event sync", e))?;
         self.start.elapsed_ms(&self.stop).map_err(|e| driver_err("event elapsed", e))
     }
+}
+
+/// One page-locked host i32 (not write-combined: the host reads it) that kernels on `dev` may
+/// write, and its device address.
+pub fn mapped_host_i32(dev: &CudaDevice) -> Result<(PinnedHostSlice<i32>, sys::CUdeviceptr)> {
+    // SAFETY: the slot's contents are undefined until written; callers read a slot only after
+    // waiting for work that wrote it.
+    let mut slot = unsafe { dev.ctx.alloc_pinned_with_flags::<i32>(1, sys::CU_MEMHOSTALLOC_DEVICEMAP) }
+        .map_err(|e| driver_err("pinned host alloc", e))?;
+    let host = slot.as_mut_ptr().map_err(|e| driver_err("pinned host alloc", e))?;
+    let mut dptr: sys::CUdeviceptr = 0;
+    // SAFETY: `host` is a live page-locked allocation made with CU_MEMHOSTALLOC_DEVICEMAP on this
+    // device's context (bound by alloc_pinned_with_flags); dptr is a valid out-pointer.
+    let st = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dptr, host as *mut std::ffi::c_void, 0) };
+    st.result().map_err(|e| driver_err("mapped host pointer", e))?;
+    Ok((slot, dptr))
 }

@@ -368,6 +368,28 @@ pub fn argmax_dev(logits: &Tensor, out_id: &mut DeviceI32) -> Result<()> {
     ffi::check(OP, st)
 }
 
+/// End of a decode step (`infer_decode_advance`): the id in `next_id` goes to host slot
+/// `(pos + 1) & 1` (`host_slots`: device addresses of mapped page-locked i32s, see
+/// `device::mapped_host_i32`) and the device position advances by one.
+pub fn decode_advance(next_id: &DeviceI32, pos: &mut DeviceI32, host_slots: [u64; 2]) -> Result<()> {
+    const OP: &str = "decode_advance";
+    let dev = next_id.dev.clone();
+    let (id, _s1) = cudarc::driver::DevicePtr::device_ptr(&next_id.data, &dev.stream);
+    let (p, _s2) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut pos.data, &dev.stream);
+    // SAFETY: id and pos point to device i32s on this device; the slots are mapped page-locked
+    // host i32s of its context, kept alive by their owner (`GpuState`) while graphs use them.
+    let st = unsafe {
+        ffi::infer_decode_advance(
+            id as *const i32,
+            p as *mut i32,
+            host_slots[0] as *mut i32,
+            host_slots[1] as *mut i32,
+            dev.stream.cu_stream() as _,
+        )
+    };
+    ffi::check(OP, st)
+}
+
 /// Uploads the RoPE table once per device (kept by the table).
 pub(crate) fn upload_cos_sin(dev: &Arc<CudaDevice>, host: &[f32]) -> Result<CudaStorage> {
     let data = dev.stream.clone_htod(host).map_err(|e| driver_err("rope table", e))?;

@@ -11,8 +11,9 @@ use half::bf16;
 use super::llama3::{LayerWeights, Weights};
 use crate::base::{DeviceType, Error, Result};
 use crate::cuda::decode_step::DecodeKernel;
+use crate::cuda::device::{driver_err, mapped_host_i32};
 use crate::cuda::sample::DeviceSampler;
-use crate::cuda::{CudaDevice, DeviceI32, device::driver_err};
+use crate::cuda::{CudaDevice, DeviceI32};
 use crate::tensor::{DType, Tensor};
 
 /// How a decode step picks its next id on the device.
@@ -50,10 +51,21 @@ pub(crate) struct GpuState {
     pub eager_steps: usize,
     /// The id the last decode step's argmax left in `ids` (so the next step need not upload it).
     pub device_next: Option<u32>,
-    /// Page-locked host slots the decode steps' next ids are copied into, asynchronously, right
-    /// after each step: two slots, so a second step can be queued before the first one's id is
-    /// read (greedy generation keeps two steps in flight; see `Llama3::greedy_launch_next`).
+    /// Page-locked host slots that receive the decode steps' next ids: two slots, so a second
+    /// step can be queued before the first one's id is read (greedy generation keeps two steps
+    /// in flight; see `Llama3::greedy_launch_next`). A step producing the id of position p uses
+    /// slot p & 1. Mapped into the device: the step's last kernel writes the id there itself
+    /// (`advance_on_device`), else a copy after the step does.
     readback: [PinnedHostSlice<i32>; 2],
+    /// Device addresses of `readback`.
+    readback_dev: [u64; 2],
+    /// Whether each decode step ends with `infer_decode_advance` (the id to its host slot, the
+    /// device position advanced by one), so consecutive steps need no copies between their
+    /// graphs. Off with `INFER_DECODE_COPIES=1` (a position upload before and an id copy after
+    /// every step; A/B timing).
+    pub advance_on_device: bool,
+    /// The value `pos` holds once the work queued so far completes (`None`: unknown).
+    device_pos: Option<usize>,
     /// Recorded after each copy into the slot of the same index. (The slots' own events are not
     /// recorded: the context runs without cudarc's event tracking, see `cuda::device`.)
     readback_done: [CudaEvent; 2],
@@ -78,6 +90,8 @@ unsafe impl Send for GpuState {}
 impl GpuState {
     pub fn new(ordinal: usize, chunk: usize, vocab: usize) -> Result<Self> {
         let dev = crate::cuda::device(ordinal)?;
+        let (slot0, dev0) = mapped_host_i32(&dev)?;
+        let (slot1, dev1) = mapped_host_i32(&dev)?;
         Ok(GpuState {
             pos: DeviceI32::new(&dev, &[0])?,
             ids: DeviceI32::new(&dev, &vec![0; chunk])?,
@@ -86,7 +100,10 @@ impl GpuState {
             sampler: DeviceSampler::new(&dev, vocab)?,
             eager_steps: 0,
             device_next: None,
-            readback: [pinned_i32(&dev)?, pinned_i32(&dev)?],
+            readback: [slot0, slot1],
+            readback_dev: [dev0, dev1],
+            advance_on_device: std::env::var("INFER_DECODE_COPIES").map_or(true, |v| v != "1"),
+            device_pos: None,
             readback_done: [readback_event(&dev)?, readback_event(&dev)?],
             inflight: VecDeque::with_capacity(2),
             decode_kernel: crate::cuda::decode_step::requested(),
@@ -112,15 +129,51 @@ impl GpuState {
         self.inflight.clear();
     }
 
-    /// Queues the copy of the id the step just launched leaves in `ids` (the step's next id, for
-    /// position `out_pos`). At most two steps are in flight.
-    pub fn push_readback(&mut self, out_pos: usize) -> Result<()> {
-        if self.inflight.len() >= 2 {
-            return Err(Error::op("decode", "more than two decode steps in flight"));
+    /// Sets the device position to `pos` (a copy, unless the queued work already leaves it there).
+    pub fn set_pos(&mut self, pos: usize) -> Result<()> {
+        if self.device_pos != Some(pos) {
+            let v = i32::try_from(pos).map_err(|_| Error::op("decode", format!("position {pos} out of range")))?;
+            self.device_pos = None; // unknown if the copy fails
+            self.pos.set(&[v])?;
+            self.device_pos = Some(pos);
         }
-        let slot = self.inflight.back().map_or(0, |&(s, _)| 1 - s);
+        Ok(())
+    }
+
+    /// Marks the device position unknown (before queuing work that may fail midway).
+    pub fn forget_pos(&mut self) {
+        self.device_pos = None;
+    }
+
+    /// Queues the end of a decode step in the step itself: with `advance_on_device`, the
+    /// step's next id goes to its host slot and the device position advances by one.
+    pub fn queue_advance(&mut self) -> Result<()> {
+        if self.advance_on_device {
+            crate::cuda::ops::decode_advance(&self.ids, &mut self.pos, self.readback_dev)?;
+        }
+        Ok(())
+    }
+
+    /// After a decode step at `pos` was queued: what the position will be when it completes.
+    pub fn step_queued(&mut self, pos: usize) {
+        self.device_pos = Some(if self.advance_on_device { pos + 1 } else { pos });
+    }
+
+    /// Makes the id of the step just launched (for position `out_pos`) readable: records the
+    /// event the host waits on, after copying the id (unless the step wrote it to its slot
+    /// itself). At most two steps are in flight, for consecutive positions.
+    pub fn push_readback(&mut self, out_pos: usize) -> Result<()> {
+        let slot = out_pos & 1;
+        if self.inflight.len() >= 2 || self.inflight.iter().any(|&(s, _)| s == slot) {
+            return Err(Error::op("decode", "more than two decode steps in flight, or not for consecutive positions"));
+        }
+        let advance = self.advance_on_device;
         let GpuState { dev, ids, readback, readback_done, .. } = self;
-        dev.stream.memcpy_dtoh(&ids.data.slice(..1), &mut readback[slot]).map_err(|e| driver_err("id readback", e))?;
+        if !advance {
+            dev.stream
+                .memcpy_dtoh(&ids.data.slice(..1), &mut readback[slot])
+                .map_err(|e| driver_err("id readback", e))?;
+        }
         readback_done[slot].record(&dev.stream).map_err(|e| driver_err("id readback event", e))?;
         self.inflight.push_back((slot, out_pos));
         Ok(())
@@ -159,13 +212,6 @@ impl GpuState {
             None => Err(Error::op("cuda_graph", "no captured graph")),
         }
     }
-}
-
-/// One page-locked (not write-combined: the host reads it) i32 slot on `dev`'s context.
-fn pinned_i32(dev: &CudaDevice) -> Result<PinnedHostSlice<i32>> {
-    // SAFETY: the slot's contents are undefined until a copy lands in it; `GpuState` reads a
-    // slot only after waiting for a copy queued into it (`inflight` records which).
-    unsafe { dev.ctx.alloc_pinned_with_flags::<i32>(1, 0) }.map_err(|e| driver_err("pinned host alloc", e))
 }
 
 /// An event that marks a readback copy done (spin-waited: the host wants the id at once).

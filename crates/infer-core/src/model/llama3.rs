@@ -466,7 +466,7 @@ impl Llama3 {
         if let Some(g) = self.gpu.as_mut() {
             let dev_ids: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
             g.ids.set(&dev_ids)?;
-            g.pos.set(&[pos0 as i32])?;
+            g.set_pos(pos0)?;
             g.device_next = None;
             g.forget_in_flight(); // `ids` now holds the chunk, not a step's next id
         }
@@ -705,7 +705,7 @@ impl Llama3 {
         {
             g.ids.set(&[id as i32])?;
         }
-        g.pos.set(&[pos as i32])?;
+        g.set_pos(pos)?;
         g.device_next = None;
         self.prepare_decode_kernel()?; // allocates and uploads once: never inside a capture
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
@@ -719,10 +719,12 @@ impl Llama3 {
                 g.begin_capture()?;
             }
             // The host id is not read on the GPU (the step embeds the id in device memory).
+            g.forget_pos(); // an op failing midway leaves the position unknown
             let run = self.decode_ops(id.unwrap_or(0), pos, select, one_kernel);
             let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
             if !capture {
                 run?;
+                g.step_queued(pos);
                 return g.push_readback(pos + 1);
             }
             // End the capture even when an op failed, so the stream is usable again.
@@ -731,7 +733,9 @@ impl Llama3 {
             ended?;
         }
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
+        g.forget_pos();
         g.launch(slot)?;
+        g.step_queued(pos);
         g.push_readback(pos + 1)
     }
 
@@ -748,9 +752,10 @@ impl Llama3 {
         let g = self.gpu.as_mut().ok_or_else(|| Error::op("decode", "no GPU state"))?;
         matmul(&self.ws.h, head, &mut g.logits)?; // [1, vocab] f32
         match select {
-            Select::Greedy => crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids), // read by the next step
-            Select::Sample => g.sampler.launch(&g.logits, &mut g.ids),
+            Select::Greedy => crate::cuda::ops::argmax_dev(&g.logits, &mut g.ids)?, // read by the next step
+            Select::Sample => g.sampler.launch(&g.logits, &mut g.ids)?,
         }
+        g.queue_advance() // the id to its host slot, position + 1
     }
 
     /// The decode step as one kernel (prepared, see `prepare_decode_kernel`): embedding, every
@@ -764,7 +769,7 @@ impl Llama3 {
         if select == Select::Sample {
             g.sampler.launch(&g.logits, &mut g.ids)?;
         }
-        Ok(())
+        g.queue_advance() // the id to its host slot, position + 1
     }
 
     /// Builds the one-kernel step's tables once, unless the per-op step is forced (device
