@@ -60,11 +60,8 @@ struct DecCfg {
     static constexpr int UNROLL = UNROLL_REGS < 256 / ROWS ? UNROLL_REGS : (256 / ROWS > 0 ? 256 / ROWS : 1);
 };
 
-#ifndef ATTN_MINB
-#define ATTN_MINB 1
-#endif
 template <int HB, int D, int NW>
-__global__ void __launch_bounds__(NW * 32, ATTN_MINB)
+__global__ void __launch_bounds__(NW * 32)
 attn_decode_split(const bf16 *__restrict__ q, const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
                   const int32_t *__restrict__ pos_dev, int group, int ctx, int chunk, int nsplit,
                   float *__restrict__ ws_ml, float *__restrict__ ws_acc, float scale_log2, bf16 *__restrict__ out) {
@@ -301,18 +298,21 @@ static cudaError_t launch_decode(const bf16 *q, const bf16 *k, const bf16 *v, co
 
 // Query heads per block of the decode split kernel: the largest power of two <= 8 dividing the
 // group (K/V rows loaded once for HB heads), except a group of 4 with head_dim 64 (Llama-3.2-1B)
-// when the launch serves at most 2,048 positions (len_bound), which takes 2: twice the blocks, each
-// K/V row read twice from L2, a shorter chain per block. H100, per-op decode step of Llama-3.2-1B
-// (kernel harness, two rounds each, session 14): 1,020 vs 1,041 us at position 144 (1,024 cache),
-// with a 4,096 cache 1,060 vs 1,095 at 1,023 and 1,076 vs 1,100 at 2,047, but 1,154 vs 1,128 at
-// 4,095 (hence the bound: the engine captures separate graphs below and above 2,048 positions).
-// INFER_ATTN_HB=1|2|4|8 overrides it (A/B timing; must divide the group).
+// when the launch serves at most 2,048 positions (len_bound): 2 heads per block there, and 1 up
+// to 512 positions (more blocks, each K/V row read 2 or 4 times from L2, a shorter chain per
+// block). The engine captures separate graphs for the ranges (op::attention::decode_range).
+// H100, per-op decode step of Llama-3.2-1B (kernel harness, two rounds each): session 14,
+// 2 vs 4 heads: 1,020 vs 1,041 us at position 144 (1,024 cache), with a 4,096 cache 1,060 vs
+// 1,095 at 1,023 and 1,076 vs 1,100 at 2,047, but 1,154 vs 1,128 at 4,095; session 15 (GEMV
+// register caps), 1 vs 2: 973 vs 985 us at 144, but 1,020 vs 1,000 at 1,023 and 1,087 vs 1,043
+// at 2,047. INFER_ATTN_HB=1|2|4|8 overrides it (A/B timing; must divide the group).
 static int decode_heads_per_block(int group, int head_dim, int len_bound) {
     static const int hb_env = [] {
         const char *e = getenv("INFER_ATTN_HB");
         return e ? atoi(e) : 0;
     }();
     if (hb_env > 0 && hb_env <= 8 && group % hb_env == 0 && (hb_env & (hb_env - 1)) == 0) return hb_env;
+    if (group == 4 && head_dim == 64 && len_bound <= 512) return 1;
     if (group == 4 && head_dim == 64 && len_bound <= 2048) return 2;
     return group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
 }

@@ -43,8 +43,9 @@ typedef __nv_bfloat162 bf162;
 //   Only weights may be read before pdl_wait() (gemv / gemm do, to start streaming early); the
 //   kernels that write weights (dtype conversions) trigger dependents only after their stores.
 //   Also safe before the wait: constant tables uploaded by copies (RoPE cos/sin) and values a copy
-//   wrote before the step's first kernel (the decode position): copies are not PDL launches, so the
-//   first kernel after one starts after it completes, and each later kernel starts after its
+//   or an earlier graph launch wrote before the step's first kernel (the decode position, which the
+//   previous step's infer_decode_advance advances): copies and graph launches are not PDL edges, so
+//   the first kernel after one starts after it completes, and each later kernel starts after its
 //   predecessor started.
 // On sm_80 the instructions are compiled out and the attribute is not set. INFER_NO_PDL=1 in the
 // environment disables the attribute (read once) for A/B timing.

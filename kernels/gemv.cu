@@ -129,8 +129,9 @@ __device__ __forceinline__ int gemv_pair_row(const GemvArgs &a, int gw, int r) {
 __device__ __forceinline__ float bf16_round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
 // OUT_ROPE_KV: the position and this warp's (cos, sin), read before the PDL wait. *pos is written by
-// a copy that completes before the step's first kernel starts, and every later kernel starts after
-// its predecessor started, so the value is final here; the table is constant.
+// a copy or by the previous step's infer_decode_advance (an earlier graph launch), both complete
+// before the step's first kernel starts, and every later kernel starts after its predecessor
+// started, so the value is final here; the table is constant.
 struct RopeIn {
     int p = 0;
     float2 cs = make_float2(1.f, 0.f);

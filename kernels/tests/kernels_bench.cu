@@ -156,10 +156,14 @@ static void bench_decode_step(const ModelCfg &c, int ctx, int pos) {
             if (skip != "qkv")
                 CK(infer_gemv_rope_kv_bf16(x.p, wq, n1, 1e-5f, q.p, kc, vc, cs.p, posd.p, c.H, c.KV, c.D, ctx, c.hidden,
                                            1, s));
-            // As the engine's graphs: those of positions below 2,048 bound the length (attention.cu).
+            // As the engine's graphs: those of positions below 512 and 2,048 bound the length
+            // (op::attention::decode_len_bound, attention.cu).
             if (skip != "attn")
                 CK(infer_attention_bound_bf16(q.p, kc, vc, attn.p, posd.p, 1, c.H, c.KV, c.D, ctx,
-                                              pos < 2048 ? std::min(ctx, 2048) : ctx, ws.p, wsb, s));
+                                              pos < 512    ? std::min(ctx, 512)
+                                              : pos < 2048 ? std::min(ctx, 2048)
+                                                           : ctx,
+                                              ws.p, wsb, s));
             if (skip != "o") CK(infer_gemv_fused_bf16(attn.p, wo, nullptr, 0.f, x.p, 1, c.hidden, c.H * c.D, 0, 2, s));
             if (skip != "gu") CK(infer_gemv_fused_bf16(x.p, wgu, n2, 1e-5f, act.p, 1, c.inter, c.hidden, 1, 3, s));
             if (skip != "down") CK(infer_gemv_fused_bf16(act.p, wd, nullptr, 0.f, x.p, 1, c.hidden, c.inter, 0, 2, s));
@@ -370,6 +374,8 @@ void run_decode_benchmarks() {
     const ModelCfg l1b{"1B", 2048, 32, 8, 64, 8192, 16, 128256};
     const ModelCfg l8b{"8B", 4096, 32, 8, 128, 14336, 32, 128256};
     bench_decode_step(l1b, 1024, 144);
+    bench_decode_step(l1b, 1024, 511);
+    bench_decode_step(l1b, 1024, 767);
     bench_decode_step(l1b, 4096, 1023);
     bench_decode_step(l1b, 4096, 2047);
     bench_decode_step(l1b, 4096, 4095);

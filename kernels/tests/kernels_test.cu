@@ -571,6 +571,9 @@ int main(int argc, char **argv) {
     test_attention(1, 32, 8, 64, 1024, 256);   // one row into the second split
     // Graphs below 2,048 positions in a 4,096 cache (two query heads per block), and past the bound.
     for (int pos0 : {0, 300, 1023, 2047, 3000}) test_attention(1, 32, 8, 64, 4096, pos0, 2048);
+    // Below 512 positions (one query head per block), also in a cache shorter than the bound.
+    for (int pos0 : {0, 144, 511, 700}) test_attention(1, 32, 8, 64, 1024, pos0, 512);
+    test_attention(1, 32, 8, 64, 300, 299, 512);
     test_attention(1, 32, 8, 128, 4096, 1500, 2048);  // 8B shape: the bound changes nothing
     test_attention_graph();
     test_attention(7, 4, 2, 16, 64, 5);

@@ -26,12 +26,14 @@ pub(crate) enum Select {
 }
 
 /// The graph slot of a decode step: its selection, whether it is the one-kernel step, and its
-/// position range (below `op::attention::DECODE_SHORT_LEN` or not: the attention of a graph picks
-/// its work split by the range it serves).
+/// position range (`op::attention::decode_range`: the attention of a graph picks its work split
+/// by the range it serves).
 pub(crate) fn graph_slot(select: Select, one_kernel: bool, pos: usize) -> usize {
-    let long = pos >= crate::op::attention::DECODE_SHORT_LEN;
-    select as usize + 2 * usize::from(one_kernel) + 4 * usize::from(long)
+    select as usize + 2 * usize::from(one_kernel) + 4 * crate::op::attention::decode_range(pos)
 }
+
+/// Decode graphs kept: 2 selections x 2 step kinds x 3 position ranges.
+const GRAPH_SLOTS: usize = 12;
 
 /// Device-side state of a model on a GPU.
 pub(crate) struct GpuState {
@@ -44,7 +46,7 @@ pub(crate) struct GpuState {
     pub logits: Tensor,
     /// The captured decode steps (indexed by [`graph_slot`]: selection, per-op or one-kernel step,
     /// position range) and the (workspace capacity, scratch epoch) each was captured with.
-    pub graphs: [Option<(CudaGraph, (usize, u64))>; 8],
+    pub graphs: [Option<(CudaGraph, (usize, u64))>; GRAPH_SLOTS],
     /// Sampling state for non-greedy decoding on the device.
     pub sampler: DeviceSampler,
     /// Decode steps run eagerly so far (the first one sizes scratch buffers before capture).
@@ -287,4 +289,26 @@ pub(crate) fn upload_weights(w: Weights, device: DeviceType, mut progress: impl 
     };
     progress(w.embed_tokens.storage_bytes() as u64);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_slots_are_distinct_and_in_range() {
+        let mut seen = std::collections::HashSet::new();
+        for select in [Select::Greedy, Select::Sample] {
+            for one_kernel in [false, true] {
+                for pos in [0, 511, 512, 2047, 2048, 100_000] {
+                    let slot = graph_slot(select, one_kernel, pos);
+                    assert!(slot < GRAPH_SLOTS);
+                    seen.insert((slot, select as usize, one_kernel, crate::op::attention::decode_range(pos)));
+                }
+            }
+        }
+        let slots: std::collections::HashSet<_> = seen.iter().map(|t| t.0).collect();
+        assert_eq!(slots.len(), seen.len(), "two (selection, kind, range) share a slot");
+        assert_eq!(slots.len(), GRAPH_SLOTS);
+    }
 }

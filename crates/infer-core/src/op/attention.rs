@@ -9,15 +9,21 @@ use crate::tensor::Tensor;
 
 const NAME: &str = "attention";
 
-/// GPU decode steps are captured as graphs per position range: below this many positions and
-/// from it on ([`decode_len_bound`]), so a graph's attention knows how long its cache rows can
-/// get and picks its work split by that (two query heads per block for Llama-3.2-1B below it:
-/// see `kernels/attention.cu`).
-pub const DECODE_SHORT_LEN: usize = 2048;
+/// GPU decode steps are captured as graphs per position range: below 512 positions, below 2,048,
+/// and from 2,048 on ([`decode_range`]), so a graph's attention knows how long its cache rows can
+/// get ([`decode_len_bound`]) and picks its work split by that (for Llama-3.2-1B one query head
+/// per block below 512, two below 2,048, the whole group of four beyond: see
+/// `kernels/attention.cu`).
+pub const DECODE_RANGE_ENDS: [usize; 2] = [512, 2048];
+
+/// The position range of a decode step at `start`: 0, 1 or 2 (see [`DECODE_RANGE_ENDS`]).
+pub fn decode_range(start: usize) -> usize {
+    DECODE_RANGE_ENDS.iter().take_while(|&&end| start >= end).count()
+}
 
 /// The longest cache length a decode step at `start` (and every step its graph serves) reads.
 pub fn decode_len_bound(start: usize, ctx: usize) -> usize {
-    if start < DECODE_SHORT_LEN { ctx.min(DECODE_SHORT_LEN) } else { ctx }
+    DECODE_RANGE_ENDS.get(decode_range(start)).map_or(ctx, |&end| ctx.min(end))
 }
 
 /// Attention of `q` `[seq, n_heads * head_dim]` (already rotated; row `i` at position `pos.start + i`)
@@ -190,11 +196,15 @@ mod tests {
     fn decode_len_bound_covers_every_position_of_its_range() {
         // A graph captured at `start` is replayed for every position of start's range: the bound
         // must cover their lengths (pos + 1) and never exceed the cache.
-        for ctx in [1, 100, 2047, 2048, 2049, 4096, 131072] {
-            for start in [0, 1, 99, 2046, 2047, 2048, 2049, 4095, 131071].into_iter().filter(|&s| s < ctx) {
+        assert_eq!([0, 511, 512, 2047, 2048, 9999].map(decode_range), [0, 0, 1, 1, 2, 2]);
+        for ctx in [1, 100, 511, 512, 513, 2047, 2048, 2049, 4096, 131072] {
+            for start in [0, 1, 99, 510, 511, 512, 513, 2046, 2047, 2048, 2049, 4095, 131071] {
+                if start >= ctx {
+                    continue;
+                }
                 let b = decode_len_bound(start, ctx);
-                let range_end = if start < DECODE_SHORT_LEN { DECODE_SHORT_LEN.min(ctx) } else { ctx };
-                assert!(b <= ctx && b >= range_end, "ctx {ctx} start {start}: bound {b}");
+                let range_end = DECODE_RANGE_ENDS.get(decode_range(start)).map_or(ctx, |&e| e.min(ctx));
+                assert!(b <= ctx && b >= range_end && b > start, "ctx {ctx} start {start}: bound {b}");
             }
         }
     }
