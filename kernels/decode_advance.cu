@@ -2,7 +2,7 @@
 // device position, so that consecutive decode graphs need no copies between them (a 4-byte
 // host-to-device copy of the position before each step and a device-to-host copy of the id after
 // it, each a copy-engine round trip on the stream).
-//  - One thread. Launched with PDL; it waits for the step's last kernel (the argmax or sampler
+//  - One warp, of which thread 0 works. Launched with PDL; it waits for the step's last kernel (the argmax or sampler
 //    that wrote *id), and by the chaining of the waits (common.cuh) every kernel of the step that
 //    read *pos has completed before the position changes.
 //  - The id goes to host slot (new position & 1): two steps in flight produce ids for consecutive
@@ -16,6 +16,7 @@ __global__ void decode_advance_kernel(const int32_t *__restrict__ id, int32_t *_
                                       int32_t *slot1) {
     pdl_launch_dependents();
     pdl_wait();
+    if (threadIdx.x != 0) return;  // one thread reads and advances the position
     const int32_t p = *pos + 1;
     volatile int32_t *dst = (p & 1) ? slot1 : slot0;
     *dst = *id;

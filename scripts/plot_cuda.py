@@ -43,7 +43,7 @@ for ax, key, roof, title in [(axes[0], "pp512", roof_pp, "prefill, 512-token pro
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
     ax.set_title(title)
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=8, rotation=12)
     ax.legend(fontsize=8)
 import os  # PLOT_NOTE replaces "same device run" when bars come from more than one call
 fig.suptitle(f"{gpu}, random Llama-3.2-1B-shaped bf16 weights, {os.environ.get('PLOT_NOTE', 'same device run')}")

@@ -68,8 +68,9 @@ pub(crate) struct GpuState {
     pub advance_on_device: bool,
     /// The value `pos` holds once the work queued so far completes (`None`: unknown).
     device_pos: Option<usize>,
-    /// Recorded after each copy into the slot of the same index. (The slots' own events are not
-    /// recorded: the context runs without cudarc's event tracking, see `cuda::device`.)
+    /// Recorded after each step that fills the slot of the same index (after its copy, without
+    /// `advance_on_device`). (The slots' own events are not recorded: the context runs without
+    /// cudarc's event tracking, see `cuda::device`.)
     readback_done: [CudaEvent; 2],
     /// Steps in flight, oldest first: (readback slot, position the id they produce will take).
     inflight: VecDeque<(usize, usize)>,
