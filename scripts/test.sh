@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README; .ci/run calls it): format, lints, every test of the workspace, the
 # openai-client test of the HTTP server, then the `cuda` and `nccl` features compiled (CUDA 13
-# toolkit and NCCL from PyPI) and their tests, which skip without a GPU.
+# toolkit and NCCL from PyPI) and their tests (the library's unit tests too: some exist only with
+# `cuda`), whose GPU parts skip without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_CUDA=1 bash scripts/setup.sh >/dev/null
@@ -21,5 +22,5 @@ cargo build -p infer-cli
 PYTHONPATH="$pydeps" python3 tests/python/test_openai_client.py --cli target/debug/infer-cli
 export CUDA_HOME=${CUDA_HOME:-/opt/cuda-pip/nvidia/cu13}
 cargo clippy --workspace --all-targets --features infer-core/nccl -- -D warnings
-cargo test -p infer-core --features nccl --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant \
+cargo test -p infer-core --features nccl --lib --test cuda_ops --test cuda_model --test cuda_sample --test cuda_quant \
   --test cuda_engine --test cuda_paged --test cuda_tensor_parallel
