@@ -2,9 +2,9 @@
 // device position, so that consecutive decode graphs need no copies between them (a 4-byte
 // host-to-device copy of the position before each step and a device-to-host copy of the id after
 // it, each a copy-engine round trip on the stream).
-//  - One warp, of which thread 0 works. Launched with PDL; it waits for the step's last kernel (the argmax or sampler
-//    that wrote *id), and by the chaining of the waits (common.cuh) every kernel of the step that
-//    read *pos has completed before the position changes.
+//  - One warp, of which thread 0 works. Launched with PDL; it waits for the step's last kernel
+//    (the argmax or sampler that wrote *id), and by the chaining of the waits (common.cuh) every
+//    kernel of the step that read *pos has completed before the position changes.
 //  - The id goes to host slot (new position & 1): two steps in flight produce ids for consecutive
 //    positions, so they never share a slot. __threadfence_system orders the store before the grid
 //    completes (the host reads the slot after an event recorded behind this kernel).
